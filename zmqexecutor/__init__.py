@@ -1,0 +1,34 @@
+"""zmqexecutor: a concurrent.futures.Executor whose workers run on many machines, over ZeroMQ."""
+
+from .errors import (
+    BrokenZmqExecutor,
+    ConfigurationError,
+    NoWorkersError,
+    RemoteError,
+    RemoteTraceback,
+    ResultSerializationError,
+    TaskDeserializationError,
+    TaskSerializationError,
+    WorkerLostError,
+    ZmqExecutorError,
+)
+from .executor import ZmqExecutor
+from .worker import run_worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenZmqExecutor",
+    "ConfigurationError",
+    "NoWorkersError",
+    "RemoteError",
+    "RemoteTraceback",
+    "ResultSerializationError",
+    "TaskDeserializationError",
+    "TaskSerializationError",
+    "WorkerLostError",
+    "ZmqExecutor",
+    "ZmqExecutorError",
+    "__version__",
+    "run_worker",
+]

@@ -1,0 +1,7 @@
+"""``python -m zmqexecutor worker ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

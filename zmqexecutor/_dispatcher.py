@@ -1,0 +1,477 @@
+"""The dispatcher: the one thread that owns the executor's sockets. It registers workers,
+sends each task to the least-loaded worker with credit, resolves futures from results, and
+handles workers that die or leave.
+
+Data flow (compare CPython's concurrent/futures/process.py)::
+
+    submit() --> pending deque --wake--> dispatcher thread --TASKS--> PUSH (one per worker)
+                                               ^                          |
+                                               |                          v
+    Future  <--set_result/exception-- PULL sink <---RESULTS/HELLO/DIED--- worker processes
+
+The executor keeps the queue of pending tasks itself, never in ZeroMQ buffers: a worker
+holds at most its slots plus a small prefetch (credit-based flow control, zguide ch. 7), so
+no short task waits behind a long one on a busy worker, a worker that joins late gets work
+at once, and ``shutdown(cancel_futures=True)`` can still cancel everything not yet sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+import zmq
+
+from . import _protocol as proto
+from ._defaults import (
+    DEFAULT_MAX_BATCH,
+    LOST_RESULT_GRACE,
+    NO_WORKER_WARNING,
+    TICK,
+)
+from ._protocol import Kind
+from ._serialize import load_result
+from .errors import BrokenZmqExecutor, WorkerLostError
+from .worker import FN_SLOTS, python_version
+
+if TYPE_CHECKING:
+    from .executor import ZmqExecutor
+
+log = logging.getLogger("zmqexecutor.dispatcher")
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """A submitted call, pickled in submit() (outside any lock)."""
+
+    future: Future[Any]
+    task_id: int
+    digest: bytes
+    fn_bytes: bytes
+    payload: bytes
+    buffers: list[Any]
+    #: times sent to a worker (a task sent back to the queue unstarted is sent again)
+    sends: int = 0
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    """What the executor knows about one worker process."""
+
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    push: zmq.Socket[bytes]
+    ready: bool = False
+    #: tasks sent and not answered, in the order sent (a worker runs them in that order)
+    outstanding: OrderedDict[int, WorkItem] = field(default_factory=OrderedDict)
+    #: callables the worker holds; evicted in insertion order exactly as the worker does
+    functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    sent: int = 0
+    #: tasks this worker may still receive (max_tasks_per_child), None = unlimited
+    remaining: int | None = None
+
+    def describe(self) -> str:
+        return f"worker {self.host} pid {self.pid}"
+
+
+class Dispatcher(threading.Thread):
+    """Owns the sink, one PUSH per worker, and every future between send and result."""
+
+    def __init__(
+        self,
+        executor: ZmqExecutor,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]],
+        sink: zmq.Socket[bytes],
+        attach: list[zmq.Socket[bytes]],
+        sink_address: str,
+        welcome: dict[str, Any],
+        initializer: bytes,
+        prefetch: int,
+        local_workers: int,
+        before_detach: Callable[[], None],
+        on_exit: Callable[[], None],
+    ) -> None:
+        super().__init__(name="zmqexecutor-dispatcher", daemon=True)
+        self.session = os.urandom(8)
+        self.ctx = context
+        self.sink = sink
+        self.attach = attach
+        self.sink_address = sink_address
+        self.welcome = welcome
+        self.initializer = initializer
+        self.prefetch = prefetch
+        self.local_workers = local_workers
+        self.before_detach = before_detach
+        self.on_exit = on_exit
+        self.pending: deque[WorkItem] = deque()
+        self.workers: dict[str, WorkerRecord] = {}
+        self.shutdown_requested = False
+        self.broken: str | None = None
+        self.init_failures = 0
+        #: which worker holds each task that was sent and not answered
+        self.owner: dict[int, WorkerRecord] = {}
+        #: finished tasks of a dead worker whose results may still be in flight, with a deadline
+        self._grace: list[tuple[float, WorkerRecord, list[int]]] = []
+        self._executor_ref = weakref.ref(executor, lambda _: self.wake())
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
+        self.idle = False
+        self._no_worker_since: float | None = None
+        self.protocol_errors = 0
+
+    # -- called from other threads ----------------------------------------------------
+
+    def wake(self) -> None:
+        self.idle = False
+        with contextlib.suppress(OSError):  # already woken (pipe full) or closing
+            os.write(self._wake_w, b"x")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sink, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            for sock in self.attach:
+                sock.send_multipart(
+                    proto.control(Kind.ATTACH, {"sink": self.sink_address}, self.session)
+                )
+            while not self._finished():
+                self._dispatch()
+                self.idle = bool(self._free_credit()) and not self.pending
+                if self.pending and self.idle:  # raced with a submit(): go round again
+                    self.idle = False
+                    continue
+                timeout = self._timeout()
+                events = dict(poller.poll(timeout))
+                self.idle = False
+                if self._wake_r in events:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                if self.sink in events:
+                    self._drain_sink()
+                self._housekeeping()
+        except BaseException:
+            log.exception("dispatcher failed; the executor is broken")
+            self._break("the dispatcher thread failed (see the log)")
+            raise
+        finally:
+            self._close()
+
+    def _timeout(self) -> int:
+        if self._grace or (self.pending and not self._ready_workers()):
+            return int(TICK * 1000 / 5)
+        return int(TICK * 1000)
+
+    def _finished(self) -> bool:
+        if not self.shutdown_requested and self._executor_ref() is not None:
+            return False
+        if self.broken is not None:
+            return True
+        return not self.pending and not self.owner
+
+    def _ready_workers(self) -> list[WorkerRecord]:
+        return [w for w in self.workers.values() if w.ready]
+
+    def _credit(self, w: WorkerRecord) -> int:
+        credit = w.slots + self.prefetch - len(w.outstanding)
+        if w.remaining is not None:
+            credit = min(credit, w.remaining)
+        return credit
+
+    def _free_credit(self) -> int:
+        return sum(max(0, self._credit(w)) for w in self.workers.values() if w.ready)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Give pending tasks to ready workers, least loaded first, up to their credit."""
+        if not self.pending:
+            return
+        heap = []
+        for w in self.workers.values():
+            credit = self._credit(w) if w.ready else 0
+            if credit > 0:
+                heap.append((len(w.outstanding) / w.slots, w.sent, credit, w.worker_id))
+        if not heap:
+            return
+        heapq.heapify(heap)
+        batches: dict[str, list[WorkItem]] = {}
+        while heap and self.pending:
+            load, sent, credit, worker_id = heapq.heappop(heap)
+            item = self.pending.popleft()
+            if not item.sends and not item.future.set_running_or_notify_cancel():
+                heapq.heappush(heap, (load, sent, credit, worker_id))
+                continue  # cancelled while queued
+            batch = batches.setdefault(worker_id, [])
+            batch.append(item)
+            w = self.workers[worker_id]
+            if credit > 1 and len(batch) < DEFAULT_MAX_BATCH:
+                heapq.heappush(heap, (load + 1 / w.slots, sent, credit - 1, worker_id))
+        for worker_id, items in batches.items():
+            self._send_tasks(self.workers[worker_id], items)
+
+    def _send_tasks(self, w: WorkerRecord, items: list[WorkItem]) -> None:
+        functions = []
+        for item in items:
+            if item.digest not in w.functions:
+                functions.append((item.digest, item.fn_bytes))
+                w.functions[item.digest] = None
+                if len(w.functions) > FN_SLOTS:
+                    w.functions.popitem(last=False)
+            w.outstanding[item.task_id] = item
+            self.owner[item.task_id] = w
+            item.sends += 1
+        frames = proto.encode_tasks(
+            self.session,
+            functions,
+            [(i.task_id, i.digest, i.payload, i.buffers) for i in items],
+        )
+        w.sent += len(items)
+        if w.remaining is not None:
+            w.remaining -= len(items)
+        w.push.send_multipart(frames, copy=len(frames) == 3)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _drain_sink(self) -> None:
+        for _ in range(1000):  # bounded: sending must not starve behind a result flood
+            try:
+                frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames)
+            except proto.ProtocolError as e:
+                self.protocol_errors += 1
+                log.warning("dropped a bad message: %s", e)
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        kind, session, _ = proto.parse_header(frames[0].buffer)
+        if kind is Kind.HELLO:
+            self._on_hello(proto.parse_control(frames))
+            return
+        if session != self.session:
+            raise proto.ProtocolError(f"{kind.name} from another session")
+        if kind is Kind.RESULTS:
+            self._on_results(proto.decode_results([f.buffer for f in frames]))
+            return
+        body = proto.parse_control(frames)
+        w = self.workers.get(str(body.get("id")))
+        if w is None:
+            log.debug("%s from an unknown worker %s", kind.name, body.get("id"))
+            return
+        if kind is Kind.READY:
+            w.ready = True
+            log.info("%s is ready", w.describe())
+        elif kind is Kind.INIT_FAILED:
+            self._on_init_failed(w, body)
+        elif kind is Kind.BYE:
+            self._remove(w)
+            self._requeue_all(w)
+            log.debug("%s left after %s tasks", w.describe(), body.get("done"))
+        elif kind is Kind.DIED:
+            self._on_died(w, body)
+        else:
+            raise proto.ProtocolError(f"unexpected {kind.name} on the sink")
+
+    def _on_hello(self, body: dict[str, Any]) -> None:
+        worker_id = str(body.get("id"))
+        if worker_id in self.workers:
+            return  # a repeated HELLO; WELCOME is on its way
+        python = python_version()
+        if body.get("python") != python:
+            log.error(
+                "refused worker %s pid %s: it runs Python %s, this executor %s; "
+                "pickled callables need the same Python minor version on both sides",
+                body.get("host"),
+                body.get("pid"),
+                body.get("python"),
+                python,
+            )
+            return
+        push = self.ctx.socket(zmq.PUSH)
+        push.linger = 0
+        push.sndhwm = 0  # credit bounds what is queued
+        try:
+            push.connect(str(body["inbox"]))
+        except (KeyError, zmq.ZMQError) as e:
+            push.close()
+            raise proto.ProtocolError(f"HELLO with a bad inbox address: {e}") from None
+        w = WorkerRecord(
+            worker_id=worker_id,
+            host=str(body.get("host", "?")),
+            pid=int(body.get("pid", 0)),
+            slots=max(1, int(body.get("slots", 1))),
+            push=push,
+            remaining=self.welcome.get("max_tasks_per_child"),
+        )
+        self.workers[worker_id] = w
+        push.send_multipart(
+            [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]
+        )
+        log.info("%s joined (inbox %s)", w.describe(), body.get("inbox"))
+
+    def _on_results(self, results: list[proto.ResultRecord]) -> None:
+        for record in results:
+            w = self.owner.pop(record.task_id, None)
+            if w is None:
+                log.debug("discarded a result for task %d that is not outstanding", record.task_id)
+                continue
+            item = w.outstanding.pop(record.task_id)
+            ok, value = load_result(record)
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    def _on_init_failed(self, w: WorkerRecord, body: dict[str, Any]) -> None:
+        self._remove(w)
+        self._requeue_all(w)
+        self.init_failures += 1
+        log.error(
+            "%s refused: its initializer failed: %s\n%s",
+            w.describe(),
+            body.get("error"),
+            body.get("traceback", ""),
+        )
+        if self.local_workers and self.init_failures >= self.local_workers:
+            self._break(
+                "A process in the process pool was terminated abruptly while the future was "
+                f"running or pending: the initializer failed on every worker ({body.get('error')})"
+            )
+
+    def _on_died(self, w: WorkerRecord, body: dict[str, Any]) -> None:
+        """A worker process died: fail what it may have run, re-queue what it had not."""
+        self._remove(w)
+        last_started = int(body.get("last_started", 0))
+        items = list(w.outstanding.values())
+        ids = [i.task_id for i in items]
+        cut = ids.index(last_started) + 1 if last_started in ids else 0
+        may_have_run, not_started = items[:cut], items[cut:]
+        running = int(body.get("running", 0))
+        how = f"{w.describe()} {body.get('exit', 'died')}"
+        for item in may_have_run:
+            if item.task_id == running:
+                self._forget(w, item.task_id)
+                item.future.set_exception(
+                    WorkerLostError(
+                        f"{how} while running this task; the task may have partly run and was "
+                        "not retried"
+                    )
+                )
+        finished = [i.task_id for i in may_have_run if i.task_id != running]
+        if finished:  # their results may still be on the way: wait a little
+            self._grace.append((time.monotonic() + LOST_RESULT_GRACE, w, finished))
+        for item in not_started:
+            self._forget(w, item.task_id)
+        self._requeue(not_started)
+        log.warning("%s (%d task(s) sent elsewhere)", how, len(not_started))
+
+    def _forget(self, w: WorkerRecord, task_id: int) -> WorkItem | None:
+        self.owner.pop(task_id, None)
+        return w.outstanding.pop(task_id, None)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _remove(self, w: WorkerRecord) -> None:
+        self.workers.pop(w.worker_id, None)
+        w.push.close(linger=0)
+        w.ready = False
+
+    def _requeue_all(self, w: WorkerRecord) -> None:
+        items = list(w.outstanding.values())
+        for item in items:
+            self._forget(w, item.task_id)
+        self._requeue(items)
+
+    def _requeue(self, items: list[WorkItem]) -> None:
+        """Tasks a worker received but certainly never started go back to the front."""
+        self.pending.extendleft(reversed(items))
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        while self._grace and self._grace[0][0] <= now:
+            _, w, task_ids = self._grace.pop(0)
+            for task_id in task_ids:
+                item = self._forget(w, task_id)
+                if item is None:
+                    continue  # its result did arrive
+                item.future.set_exception(
+                    WorkerLostError(
+                        f"{w.describe()} died after running this task; its result was lost"
+                    )
+                )
+        if self.pending and not self._ready_workers():
+            if self._no_worker_since is None:
+                self._no_worker_since = now
+            elif now - self._no_worker_since > NO_WORKER_WARNING:
+                log.warning("%d task(s) wait: no worker is connected", len(self.pending))
+                self._no_worker_since = now
+        else:
+            self._no_worker_since = None
+        self._fail_cancelled_queue_if_broken()
+
+    def _fail_cancelled_queue_if_broken(self) -> None:
+        if self.broken is None:
+            return
+        while self.pending:
+            item = self.pending.popleft()
+            if item.sends or item.future.set_running_or_notify_cancel():
+                item.future.set_exception(BrokenZmqExecutor(self.broken))
+
+    def _break(self, reason: str) -> None:
+        """The executor cannot run anything any more: fail every queued and running future."""
+        self.broken = reason
+        executor = self._executor_ref()
+        if executor is not None:
+            executor._broken = reason
+        self._fail_cancelled_queue_if_broken()
+        for w in list(self.owner.values()):
+            for item in w.outstanding.values():
+                if not item.future.done():
+                    item.future.set_exception(BrokenZmqExecutor(reason))
+            w.outstanding.clear()
+        self.owner.clear()
+
+    def _close(self) -> None:
+        self.before_detach()
+        detach = proto.control(Kind.DETACH, {}, self.session)
+        for w in self.workers.values():
+            with contextlib.suppress(zmq.ZMQError):
+                w.push.send_multipart(detach, zmq.NOBLOCK)
+            w.push.close(linger=int(TICK * 1000))
+        for sock in self.attach:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart(detach, zmq.NOBLOCK)
+            sock.close(linger=int(TICK * 1000))
+        self.workers.clear()
+        self.sink.close(linger=0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.on_exit()
+
+
+def pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
+    """The WELCOME frame that carries the initializer (empty: none)."""
+    if initializer is None:
+        return b""
+    data: bytes = cloudpickle.dumps((initializer, initargs), protocol=5)
+    return data

@@ -1,0 +1,225 @@
+"""The wire format: a fixed binary header, then kind-specific frames; every frame is built
+and parsed here, and nothing here does I/O.
+
+Every message is a list of frames whose first frame is the header::
+
+    magic "ZMQX" | version u8 | kind u8 | flags u16 | session 8 bytes | count u32
+
+Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, ...) carry one JSON frame:
+nothing in them is unpickled. TASKS and RESULTS carry a packed index frame, one blob frame
+with the small pickles side by side, and one frame per out-of-band (pickle protocol 5)
+buffer, so large arrays travel without a copy.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._defaults import PROTOCOL_VERSION
+
+MAGIC = b"ZMQX"
+HEADER = struct.Struct("<4sBBH8sI")
+NO_SESSION = bytes(8)
+
+# TASKS index: count of callables and tasks, then one record per callable and per task.
+_TASKS_COUNTS = struct.Struct("<II")
+_FN_RECORD = struct.Struct("<16sI")  # digest, length in blob
+_TASK_RECORD = struct.Struct("<q16sIH")  # task id, callable digest, payload length, buffers
+# RESULTS index: one record per result.
+_RESULT_RECORD = struct.Struct("<qBIH")  # task id, status, payload length, buffers
+
+
+class Kind(enum.IntEnum):
+    # worker -> executor (the sink)
+    HELLO = 1
+    READY = 2
+    INIT_FAILED = 3
+    RESULTS = 4
+    BYE = 5
+    DIED = 6
+    # executor -> worker (an inbox) or worker host (its rendezvous socket)
+    WELCOME = 16
+    TASKS = 17
+    DETACH = 18
+    ATTACH = 19
+
+
+class Status(enum.IntEnum):
+    OK = 0  #: payload is the pickled return value
+    RAISED = 1  #: payload is the pickled (exception, traceback text)
+    ERROR = 2  #: payload is JSON {"error": name, "message": ..., "traceback": ...}
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the wire format; it is dropped."""
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    task_id: int
+    digest: bytes
+    payload: memoryview | bytes
+    buffers: list[Any]
+
+
+@dataclass(slots=True)
+class ResultRecord:
+    task_id: int
+    status: Status
+    payload: memoryview | bytes
+    buffers: list[Any] = field(default_factory=list)
+
+
+def header(kind: Kind, session: bytes = NO_SESSION, count: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, 0, session, count)
+
+
+def parse_header(frame: bytes | memoryview) -> tuple[Kind, bytes, int]:
+    """Return (kind, session, count) of a header frame or raise ProtocolError."""
+    if len(frame) != HEADER.size:
+        raise ProtocolError(f"header of {len(frame)} bytes, expected {HEADER.size}")
+    magic, version, kind, _flags, session, count = HEADER.unpack(frame)
+    if magic != MAGIC:
+        raise ProtocolError("bad magic")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+    try:
+        return Kind(kind), session, count
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {kind}") from None
+
+
+# -- control messages ----------------------------------------------------------------
+
+
+def control(kind: Kind, body: dict[str, Any], session: bytes = NO_SESSION) -> list[bytes]:
+    return [header(kind, session), json.dumps(body, separators=(",", ":")).encode()]
+
+
+def parse_control(frames: Sequence[Any]) -> dict[str, Any]:
+    if len(frames) < 2:
+        raise ProtocolError(f"control message with {len(frames)} frames")
+    try:
+        body = json.loads(bytes(frames[1]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"control message body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("control message body is not an object")
+    return body
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+
+def encode_tasks(
+    session: bytes,
+    functions: Sequence[tuple[bytes, bytes]],
+    tasks: Sequence[tuple[int, bytes, bytes, Sequence[Any]]],
+) -> list[Any]:
+    """Frames of one TASKS message.
+
+    Args:
+        functions: (digest, pickled callable) for callables the worker has not seen yet.
+        tasks: (task id, callable digest, pickled (args, kwargs), out-of-band buffers).
+    """
+    index = [_TASKS_COUNTS.pack(len(functions), len(tasks))]
+    blob: list[bytes] = []
+    buffers: list[Any] = []
+    for digest, data in functions:
+        index.append(_FN_RECORD.pack(digest, len(data)))
+        blob.append(data)
+    for task_id, digest, payload, bufs in tasks:
+        index.append(_TASK_RECORD.pack(task_id, digest, len(payload), len(bufs)))
+        blob.append(payload)
+        buffers.extend(bufs)
+    return [header(Kind.TASKS, session, len(tasks)), b"".join(index), b"".join(blob), *buffers]
+
+
+def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[TaskRecord]]:
+    """Return ({digest: pickled callable}, [TaskRecord]) or raise ProtocolError."""
+    if len(frames) < 3:
+        raise ProtocolError(f"TASKS message with {len(frames)} frames")
+    index = memoryview(frames[1])
+    blob = memoryview(frames[2])
+    try:
+        n_fns, n_tasks = _TASKS_COUNTS.unpack_from(index, 0)
+        expected = _TASKS_COUNTS.size + n_fns * _FN_RECORD.size + n_tasks * _TASK_RECORD.size
+        if len(index) != expected:
+            raise ProtocolError(f"TASKS index of {len(index)} bytes, expected {expected}")
+        pos = _TASKS_COUNTS.size
+        offset = 0
+        functions: dict[bytes, memoryview] = {}
+        for _ in range(n_fns):
+            digest, length = _FN_RECORD.unpack_from(index, pos)
+            pos += _FN_RECORD.size
+            functions[digest] = blob[offset : offset + length]
+            offset += length
+        tasks: list[TaskRecord] = []
+        frame_no = 3
+        for _ in range(n_tasks):
+            task_id, digest, length, n_bufs = _TASK_RECORD.unpack_from(index, pos)
+            pos += _TASK_RECORD.size
+            tasks.append(
+                TaskRecord(
+                    task_id,
+                    digest,
+                    blob[offset : offset + length],
+                    list(frames[frame_no : frame_no + n_bufs]),
+                )
+            )
+            offset += length
+            frame_no += n_bufs
+    except struct.error as e:
+        raise ProtocolError(f"TASKS index truncated: {e}") from None
+    if offset != len(blob) or frame_no != len(frames):
+        raise ProtocolError("TASKS lengths do not match the frames")
+    return functions, tasks
+
+
+# -- results -------------------------------------------------------------------------
+
+
+def encode_results(session: bytes, results: Sequence[ResultRecord]) -> list[Any]:
+    index = []
+    blob = []
+    buffers: list[Any] = []
+    for r in results:
+        index.append(_RESULT_RECORD.pack(r.task_id, r.status, len(r.payload), len(r.buffers)))
+        blob.append(r.payload)
+        buffers.extend(r.buffers)
+    return [header(Kind.RESULTS, session, len(results)), b"".join(index), b"".join(blob), *buffers]
+
+
+def decode_results(frames: Sequence[Any]) -> list[ResultRecord]:
+    if len(frames) < 3:
+        raise ProtocolError(f"RESULTS message with {len(frames)} frames")
+    index = memoryview(frames[1])
+    blob = memoryview(frames[2])
+    if len(index) % _RESULT_RECORD.size:
+        raise ProtocolError("RESULTS index has a partial record")
+    results = []
+    offset = 0
+    frame_no = 3
+    for task_id, status, length, n_bufs in _RESULT_RECORD.iter_unpack(index):
+        try:
+            st = Status(status)
+        except ValueError:
+            raise ProtocolError(f"unknown result status {status}") from None
+        results.append(
+            ResultRecord(
+                task_id,
+                st,
+                blob[offset : offset + length],
+                list(frames[frame_no : frame_no + n_bufs]),
+            )
+        )
+        offset += length
+        frame_no += n_bufs
+    if offset != len(blob) or frame_no != len(frames):
+        raise ProtocolError("RESULTS lengths do not match the frames")
+    return results

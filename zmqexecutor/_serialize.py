@@ -1,0 +1,176 @@
+"""Serialization: cloudpickle with protocol-5 out-of-band buffers, and the capture of a
+task's exception with its remote traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from ._defaults import FN_CACHE_SIZE, OOB_THRESHOLD
+from ._protocol import ResultRecord, Status
+from .errors import RemoteError, RemoteTraceback
+
+# Arguments made only of these types pickle identically (and faster) with the C pickler.
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
+EMPTY_ARGS = b""
+
+
+def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; buffers of OOB_THRESHOLD bytes or more are returned out of band."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_small_in_band(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < OOB_THRESHOLD:
+            return True
+        buffers.append(buf)
+        return False
+
+    data: bytes = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_small_in_band)
+    return data, buffers
+
+
+def loads(data: Any, buffers: list[Any] = []) -> Any:  # noqa: B006 (never mutated)
+    return pickle.loads(data, buffers=buffers)
+
+
+def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[Any]]:
+    """Pickle a call's arguments; ``EMPTY_ARGS`` stands for ``((), {})``."""
+    if not kwargs:
+        if not args:
+            return EMPTY_ARGS, []
+        if len(args) < 8 and all(type(a) in _PLAIN_TYPES for a in args):
+            return pickle.dumps((args, kwargs), protocol=5), []
+    return dumps((args, kwargs))
+
+
+def load_args(payload: Any, buffers: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if len(payload) == 0:
+        return (), {}
+    args, kwargs = loads(payload, buffers)
+    return args, kwargs
+
+
+class FunctionCache:
+    """Callables pickled once per executor: id(fn) -> (digest, pickled bytes).
+
+    Holds a reference to each callable so that its id stays its own; least recently used
+    entries are dropped beyond ``size``. Workers cache callables by digest.
+    """
+
+    def __init__(self, size: int = FN_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[int, tuple[Callable[..., Any], bytes, bytes]] = OrderedDict()
+
+    def lookup(self, fn: Callable[..., Any]) -> tuple[bytes, bytes] | None:
+        entry = self._entries.get(id(fn))
+        if entry is None or entry[0] is not fn:
+            return None
+        self._entries.move_to_end(id(fn))
+        return entry[1], entry[2]
+
+    @staticmethod
+    def pickle(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        """(digest, pickled callable); slow, so callers do it outside their lock."""
+        data: bytes = cloudpickle.dumps(fn, protocol=5)
+        return hashlib.blake2b(data, digest_size=16).digest(), data
+
+    def store(self, fn: Callable[..., Any], entry: tuple[bytes, bytes]) -> None:
+        self._entries[id(fn)] = (fn, *entry)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+# -- results on the worker ------------------------------------------------------------
+
+
+def error_result(
+    task_id: int, error: type[Exception], message: str, tb: str = "", type_name: str = ""
+) -> ResultRecord:
+    """A failure built on the worker; travels as JSON and is rebuilt by ``load_result``."""
+    body = {"error": error.__name__, "message": message, "traceback": tb, "type": type_name}
+    return ResultRecord(task_id, Status.ERROR, json.dumps(body).encode())
+
+
+def value_result(task_id: int, value: Any) -> ResultRecord:
+    from .errors import ResultSerializationError
+
+    try:
+        data, buffers = dumps(value)
+    except BaseException as e:  # anything a __reduce__ may raise
+        return error_result(
+            task_id,
+            ResultSerializationError,
+            f"the task ran, but its result of type {type(value).__qualname__} could not be "
+            f"pickled: {_describe(e)}; return a picklable value",
+            traceback.format_exc(),
+        )
+    return ResultRecord(task_id, Status.OK, data, list(buffers))
+
+
+def exception_result(task_id: int, exc: BaseException, origin: str) -> ResultRecord:
+    """The task raised ``exc``: send it as itself, or as RemoteError if it cannot be pickled."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\nTraceback from {origin}:\n{tb}"""'
+    try:
+        data, buffers = dumps((exc, tb))
+    except BaseException:
+        try:
+            message = str(exc)
+        except BaseException:
+            message = "<str() failed>"
+        return error_result(task_id, RemoteError, message, tb, _type_name(type(exc)))
+    return ResultRecord(task_id, Status.RAISED, data, list(buffers))
+
+
+def _type_name(t: type) -> str:
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+# -- results on the executor ------------------------------------------------------------
+
+
+def load_result(record: ResultRecord) -> tuple[bool, Any]:
+    """Return (True, value) or (False, exception) for one result record."""
+    from . import errors
+
+    if record.status is Status.OK:
+        try:
+            return True, loads(record.payload, record.buffers)
+        except BaseException as e:
+            return False, errors.ResultSerializationError(
+                f"the task ran, but its result could not be unpickled here: {_describe(e)}; "
+                "make sure the executor can import the result's classes"
+            )
+    if record.status is Status.RAISED:
+        try:
+            exc, tb = loads(record.payload, record.buffers)
+        except BaseException as e:
+            return False, errors.ResultSerializationError(
+                f"the task raised, but its exception could not be unpickled here: {_describe(e)}"
+            )
+        exc.__cause__ = RemoteTraceback(tb)
+        return False, exc
+    body = json.loads(bytes(record.payload))
+    tb = body.get("traceback", "")
+    error: BaseException
+    if body.get("error") == "RemoteError":
+        error = RemoteError(body.get("type", "?"), body.get("message", ""), tb)
+    else:
+        cls = getattr(errors, str(body.get("error")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.ZmqExecutorError)):
+            cls = errors.ZmqExecutorError
+        error = cls(body.get("message", ""))
+    if tb:
+        error.__cause__ = RemoteTraceback(tb)
+    return False, error

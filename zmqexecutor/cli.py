@@ -1,0 +1,114 @@
+"""Command lines: ``zmqexecutor-worker`` and ``python -m zmqexecutor worker``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ._defaults import ENV_LOG_LEVEL
+from .errors import ConfigurationError
+
+EPILOG = """\
+exit codes: 0 stopped cleanly (SIGTERM/SIGINT: running tasks finish first; a second SIGINT
+aborts them), 2 bad arguments or an unsafe/invalid configuration.
+
+examples:
+  zmqexecutor-worker tcp://head:5555 --processes 8 --insecure
+      connect to ZmqExecutor(listen="tcp://0.0.0.0:5555", insecure=True)
+  zmqexecutor-worker --listen tcp://*:5556 --insecure
+      wait for ZmqExecutor(workers=["tcp://thishost:5556"], insecure=True)
+"""
+
+
+def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Run zmqexecutor worker processes on this host for a ZmqExecutor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "executor",
+        nargs="?",
+        metavar="EXECUTOR",
+        help="the executor's endpoint to connect to, e.g. tcp://head:5555 "
+        "(an executor created with listen=...)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="ENDPOINT",
+        help="without EXECUTOR: wait on ENDPOINT (e.g. tcp://*:5556) for an executor created "
+        "with workers=[...]; with EXECUTOR: the address the worker processes' inboxes bind to",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="the host name or address the executor should use to reach this host "
+        "(behind NAT, in a container); default: the local address that routes to the executor",
+    )
+    p.add_argument(
+        "--processes",
+        "-n",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes to run (default: one per core: %(default)s means os.cpu_count())",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow unauthenticated sockets on non-loopback addresses: anyone who can reach "
+        "them can run code on this host. Use only on a trusted network",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get(ENV_LOG_LEVEL, "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help=f"log level (default: INFO, or ${ENV_LOG_LEVEL})",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-worker") -> int:
+    """``zmqexecutor-worker``: parse arguments, configure logging, run the worker host."""
+    from .worker import run_worker
+
+    parser = worker_parser(prog)
+    args = parser.parse_args(argv)
+    if args.executor is None and args.listen is None:
+        parser.error("give the executor's endpoint (EXECUTOR) or --listen ENDPOINT")
+    if args.processes is not None and args.processes < 1:
+        parser.error("--processes must be at least 1")
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return run_worker(
+            args.executor,
+            listen=args.listen,
+            processes=args.processes,
+            advertise=args.advertise,
+            insecure=args.insecure,
+        )
+    except (ConfigurationError, ValueError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zmqexecutor worker ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m zmqexecutor worker [options]   (see: worker --help)")
+        return 0 if argv else 2
+    if argv[0] != "worker":
+        print(f"python -m zmqexecutor: unknown command {argv[0]!r}; try: worker --help")
+        return 2
+    return worker_main(argv[1:], prog="python -m zmqexecutor worker")

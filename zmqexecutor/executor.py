@@ -1,0 +1,342 @@
+"""ZmqExecutor: argument checks, submit/map/shutdown and the executor's state flags.
+
+It never touches a socket: the dispatcher thread (``_dispatcher.py``) owns them all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from functools import partial
+from typing import Any, TypeVar
+
+import zmq
+
+from ._defaults import DEFAULT_PREFETCH
+from ._dispatcher import Dispatcher, WorkItem, pickle_initializer
+from ._net import bound_endpoint, concrete, parse_endpoint, route_to
+from ._security import check_exposure
+from ._serialize import FunctionCache, dump_args
+from .errors import BrokenZmqExecutor, ConfigurationError, TaskSerializationError
+from .worker import Supervisor
+
+log = logging.getLogger("zmqexecutor.executor")
+
+T = TypeVar("T")
+
+# Dispatchers still running, joined at interpreter exit (as concurrent.futures does), so a
+# script that never calls shutdown() still gets its results and leaves no process behind.
+_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_exiting = False
+
+
+def _python_exit() -> None:
+    global _exiting
+    _exiting = True
+    for dispatcher in list(_live_dispatchers):
+        dispatcher.shutdown_requested = True
+        dispatcher.wake()
+    for dispatcher in list(_live_dispatchers):
+        dispatcher.join()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+class ZmqExecutor(Executor):
+    """An Executor whose worker processes run here, on other machines, or both.
+
+    With no arguments it starts one local worker process per core, like
+    ProcessPoolExecutor. With ``listen=`` remote workers (``zmqexecutor-worker ENDPOINT``)
+    connect to it; with ``workers=`` it connects to workers started with
+    ``zmqexecutor-worker --listen ENDPOINT``.
+
+    Args:
+        max_workers: local worker processes to start. None: one per core, or none when
+            ``listen`` or ``workers`` is given.
+        mp_context: accepted for compatibility with ProcessPoolExecutor and ignored: worker
+            processes are always fresh interpreters (never a fork of the caller), so a
+            script without an ``if __name__ == "__main__":`` guard is never re-run.
+        initializer: called with ``*initargs`` in every worker process before its first
+            task. If it raises, that worker gets no task; if it fails on every local
+            worker, pending futures fail with BrokenZmqExecutor.
+        initargs: arguments of ``initializer``.
+        max_tasks_per_child: a worker process exits after this many tasks and is replaced.
+        listen: endpoint the executor binds for workers to connect to
+            (e.g. ``"tcp://0.0.0.0:5555"``).
+        workers: endpoints of worker hosts started with ``--listen`` to connect to.
+        insecure: allow unauthenticated sockets on non-loopback addresses (logs a warning).
+        prefetch: tasks a worker process may hold beyond the one it runs.
+
+    Raises:
+        ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
+        ConfigurationError: an endpoint is malformed or exposed without ``insecure``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: object = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        listen: str | None = None,
+        workers: Iterable[str] | None = None,
+        insecure: bool = False,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> None:
+        worker_list = list(workers or ())
+        if max_workers is None:
+            max_workers = 0 if (listen or worker_list) else (os.cpu_count() or 1)
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        if listen is not None:
+            check_exposure(listen, insecure=insecure, role="listen endpoint")
+        for endpoint in worker_list:
+            check_exposure(endpoint, insecure=insecure, role="worker endpoint")
+
+        self._max_workers = max_workers
+        self._mode = "listen" if listen else "workers" if worker_list else "local"
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._broken: str | None = None
+        self._task_ids = itertools.count(1)
+        self._functions = FunctionCache()
+        self._functions_lock = threading.Lock()
+
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
+        sink = self._context.socket(zmq.PULL)
+        sink.linger = 0
+        attach: list[zmq.Socket[bytes]] = []
+        try:
+            local_sink = f"ipc://{self._dir}/sink"
+            if max_workers:
+                sink.bind(local_sink)
+            sink_address = local_sink
+            if listen:
+                sink.bind(listen)
+                sink_address = bound_endpoint(sink)
+            elif worker_list:
+                sink_address = self._bind_for(sink, worker_list)
+            for endpoint in worker_list:
+                sock = self._context.socket(zmq.PUSH)
+                sock.linger = 0
+                sock.connect(endpoint)
+                attach.append(sock)
+        except (zmq.ZMQError, OSError, ValueError) as e:
+            for sock in [sink, *attach]:
+                sock.close(linger=0)
+            self._context.term()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise ConfigurationError(f"cannot set up the executor's sockets: {e}") from e
+
+        supervisor = None
+        if max_workers:
+            supervisor = Supervisor(
+                processes=max_workers,
+                sink=local_sink,
+                local_dir=self._dir,
+                respawn_init_failed=False,
+                sys_path=list(sys.path),
+                log_level=logging.getLevelName(
+                    logging.getLogger("zmqexecutor").getEffectiveLevel()
+                ),
+                context=self._context,
+            )
+        self._supervisor = supervisor
+        self._supervisor_thread = (
+            threading.Thread(target=supervisor.serve, name="zmqexecutor-supervisor", daemon=True)
+            if supervisor
+            else None
+        )
+        self._dispatcher = Dispatcher(
+            self,
+            context=self._context,
+            sink=sink,
+            attach=attach,
+            sink_address=sink_address,
+            welcome={"max_tasks_per_child": max_tasks_per_child},
+            initializer=pickle_initializer(initializer, initargs),
+            prefetch=prefetch,
+            local_workers=max_workers,
+            before_detach=partial(_stop_supervisor, supervisor),
+            on_exit=partial(
+                _release, self._context, self._supervisor_thread, self._dir, self._mode
+            ),
+        )
+        if self._supervisor_thread is not None:
+            self._supervisor_thread.start()
+        self._dispatcher.start()
+        _live_dispatchers.add(self._dispatcher)
+
+    def _bind_for(self, sink: zmq.Socket[bytes], endpoints: list[str]) -> str:
+        """Bind the sink where the given worker hosts can reach it; return its address."""
+        routes = {route_to(parse_endpoint(e).host) for e in endpoints}
+        host = routes.pop() if len(routes) == 1 else "*"
+        sink.bind(f"tcp://{host}:*")
+        bound = bound_endpoint(sink)
+        return concrete(bound, parse_endpoint(endpoints[0]).host)
+
+    # -- the Executor API ---------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker and return its Future.
+
+        The call is pickled here, in the caller's thread; if it cannot be pickled, the
+        returned future holds a TaskSerializationError and nothing is sent.
+
+        Raises:
+            RuntimeError: after shutdown().
+            BrokenZmqExecutor: the executor can no longer run tasks.
+        """
+        self._check_open()
+        future: Future[T] = Future()
+        task_id = next(self._task_ids)
+        try:
+            digest, fn_bytes = self._pickle_function(fn)
+            payload, buffers = dump_args(args, kwargs)
+        except Exception as e:
+            future.set_exception(
+                TaskSerializationError(
+                    f"cannot pickle the call to {getattr(fn, '__qualname__', fn)!r}: "
+                    f"{type(e).__name__}: {e}; pass picklable arguments (cloudpickle) or create "
+                    "the object inside the task"
+                )
+            )
+            future.exception().__cause__ = e  # type: ignore[union-attr]
+            return future
+        item = WorkItem(future, task_id, digest, fn_bytes, payload, buffers)
+        with self._shutdown_lock:
+            self._check_open()
+            self._dispatcher.pending.append(item)
+        if self._dispatcher.idle:
+            self._dispatcher.wake()
+        return future
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise BrokenZmqExecutor(self._broken)
+        if self._shutdown_thread or _exiting:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _pickle_function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        with self._functions_lock:
+            cached = self._functions.lookup(fn)
+        if cached is not None:
+            return cached
+        entry = self._functions.pickle(fn)
+        with self._functions_lock:
+            self._functions.store(fn, entry)
+        return entry
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like ProcessPoolExecutor.map: results in order, lazily; ``chunksize`` items per
+        task.
+
+        Raises:
+            ValueError: chunksize is less than 1.
+            TimeoutError: a result is not ready ``timeout`` seconds after the call.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(
+            partial(_process_chunk, fn),
+            _get_chunks(*iterables, chunksize=chunksize),
+            timeout=timeout,
+        )
+        return _chain_from_iterable_of_lists(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; run what is queued (or cancel it), then stop the workers.
+
+        Args:
+            wait: block until every running task has finished and every local worker
+                process has exited.
+            cancel_futures: cancel the futures that have not been sent to a worker yet.
+        """
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            if cancel_futures:
+                pending = self._dispatcher.pending
+                while pending:
+                    try:
+                        pending.popleft().future.cancel()
+                    except IndexError:
+                        break  # the dispatcher took the last one
+            self._dispatcher.shutdown_requested = True
+        self._dispatcher.wake()
+        if wait:
+            self._dispatcher.join()
+
+    def __repr__(self) -> str:
+        d = self._dispatcher
+        state = "broken" if self._broken else "shut down" if self._shutdown_thread else "running"
+        ready = sum(1 for w in list(d.workers.values()) if w.ready)
+        return (
+            f"<ZmqExecutor {self._mode} {state}: {ready} worker(s) ready, "
+            f"{len(d.pending)} pending, {len(d.owner)} sent>"
+        )
+
+
+def _stop_supervisor(supervisor: Supervisor | None) -> None:
+    # SIGTERM reaches the worker processes still registering too; registered ones are
+    # idle by now (every task has been answered) and also get DETACH.
+    if supervisor is not None:
+        supervisor.stop(terminate_children=True)
+
+
+def _release(
+    context: zmq.Context[zmq.Socket[bytes]],
+    supervisor_thread: threading.Thread | None,
+    directory: str,
+    mode: str,
+) -> None:
+    """Runs on the dispatcher thread once it has sent DETACH to every worker."""
+    if supervisor_thread is not None and supervisor_thread.is_alive():
+        supervisor_thread.join()
+    context.term()
+    shutil.rmtree(directory, ignore_errors=True)
+    log.debug("%s executor released its resources", mode)
+
+
+def _process_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
+    """Runs on the worker: one task for ``chunksize`` items of map()."""
+    return [fn(*args) for args in chunk]
+
+
+def _get_chunks(*iterables: Iterable[Any], chunksize: int) -> Iterator[list[tuple[Any, ...]]]:
+    it = zip(*iterables, strict=False)
+    while chunk := list(itertools.islice(it, chunksize)):
+        yield chunk
+
+
+def _chain_from_iterable_of_lists(iterable: Iterator[list[T]]) -> Iterator[T]:
+    """Flatten the chunks' result lists, dropping each one as soon as it is consumed."""
+    for element in iterable:
+        element.reverse()
+        while element:
+            yield element.pop()

@@ -1,0 +1,693 @@
+"""The worker side: the loop of one worker process, and the supervisor that keeps a host's
+worker processes running and reports the ones that die.
+
+::
+
+    executor                          worker host
+    --------                          -----------
+    PUSH, one per worker process ---> PULL inbox   (worker process 1..N: runs tasks)
+    PULL sink <---------------------- PUSH         (each worker process: HELLO, RESULTS, BYE)
+              <---------------------- PUSH         (the supervisor: DIED reports)
+    PUSH attach --------------------> PULL rendezvous (the supervisor; only with --listen)
+
+Each worker process is a worker in the executor's eyes (one slot, its own inbox), so a task
+makes one hop each way. The supervisor starts worker processes as fresh interpreters
+(``python -c ...``), never by forking the caller, so a user's script without a
+``__main__`` guard is never re-run. A worker process writes the id of the task it starts
+and finishes into a small shared status file; when it dies, the supervisor reads the file
+and tells the executor exactly which task was running, so that only that task fails and
+the tasks it had merely received run elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mmap
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import _protocol as proto
+from ._defaults import (
+    HELLO_INTERVAL,
+    RESPAWN_BACKOFF_MAX,
+    RESPAWN_BACKOFF_MIN,
+    RESULT_BATCH_WINDOW,
+    TICK,
+    WORKER_EXIT_TIMEOUT,
+)
+from ._net import bound_endpoint, concrete, parse_endpoint, route_to
+from ._protocol import Kind, ResultRecord
+from ._serialize import error_result, exception_result, load_args, loads, value_result
+from .errors import TaskDeserializationError
+
+log = logging.getLogger("zmqexecutor.worker")
+
+#: worker process status file: started task id, finished task id, state, session
+_STATUS = struct.Struct("<qqq8s")
+STARTING, READY, CLEAN_EXIT, INIT_FAILED = range(4)
+#: callables a worker process keeps; the executor evicts in the same (insertion) order
+FN_SLOTS = 1024
+#: exit code of a worker process whose initializer failed
+EXIT_INIT_FAILED = 3
+
+
+# -- one worker process -----------------------------------------------------------------
+
+
+class _Status:
+    """The shared status file of one worker process (written by it, read by its supervisor)."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), _STATUS.size)
+
+    def set(self, started: int, finished: int, state: int, session: bytes) -> None:
+        _STATUS.pack_into(self._map, 0, started, finished, state, session)
+
+    def started(self, task_id: int) -> None:
+        struct.pack_into("<q", self._map, 0, task_id)
+
+    def finished(self, task_id: int) -> None:
+        struct.pack_into("<q", self._map, 8, task_id)
+
+    def state(self, state: int) -> None:
+        struct.pack_into("<q", self._map, 16, state)
+
+    def session(self, session: bytes) -> None:
+        struct.pack_into("<8s", self._map, 24, session)
+
+
+def python_version() -> str:
+    """The Python minor version; pickled code needs the same one on both sides."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def read_status(path: str) -> tuple[int, int, int, bytes]:
+    with open(path, "rb") as f:
+        started, finished, state, session = _STATUS.unpack(f.read(_STATUS.size))
+    return started, finished, state, session
+
+
+class WorkerProcess:
+    """Registers with the executor, runs its initializer, then runs tasks one at a time."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.worker_id: str = config["worker_id"]
+        self.origin = f"worker {socket.gethostname()} pid {os.getpid()}"
+        self.status = _Status(config["status"])
+        self.session = proto.NO_SESSION
+        self.max_tasks: int | None = None
+        self.tasks_done = 0
+        self.draining = False
+        self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
+        self.ctx = zmq.Context()
+        self.inbox = self.ctx.socket(zmq.PULL)
+        self.inbox.linger = 0
+        self.sink = self.ctx.socket(zmq.PUSH)
+        # results are flushed before a clean exit; a dead executor must not hang us forever
+        self.sink.linger = int(WORKER_EXIT_TIMEOUT * 1000)
+        # queue HELLOs only on a live connection, so a late executor gets no backlog of them
+        self.sink.immediate = True
+
+    def run(self) -> int:
+        try:
+            return self._serve()
+        finally:
+            self.inbox.close()
+            self.sink.close()
+            self.ctx.term()
+
+    def _serve(self) -> int:
+        self.inbox.bind(self.config["inbox"])
+        inbox = bound_endpoint(self.inbox)
+        if self.config.get("advertise"):
+            ep = parse_endpoint(inbox)
+            inbox = f"tcp://{self.config['advertise']}:{ep.port}"
+        self.sink.connect(self.config["sink"])
+        welcome = self._register(inbox)
+        if welcome is None:
+            self.status.state(CLEAN_EXIT)
+            return 0
+        if not self._initialize(welcome):
+            return EXIT_INIT_FAILED
+        self.status.state(READY)
+        self.sink.send_multipart(proto.control(Kind.READY, {"id": self.worker_id}, self.session))
+        self._loop()
+        self.status.state(CLEAN_EXIT)
+        return 0
+
+    def _register(self, inbox: str) -> list[zmq.Frame] | None:
+        """Say HELLO until the executor WELCOMEs us; None if told to stop first."""
+        hello = proto.control(
+            Kind.HELLO,
+            {
+                "id": self.worker_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "inbox": inbox,
+                "slots": 1,
+                "python": python_version(),
+            },
+        )
+        while not self.draining:
+            # immediate=True: writable only once connected, so a HELLO is never queued stale
+            if self.sink.poll(int(HELLO_INTERVAL * 1000), zmq.POLLOUT):
+                self.sink.send_multipart(hello, zmq.NOBLOCK)
+            deadline = time.monotonic() + HELLO_INTERVAL
+            while (timeout := deadline - time.monotonic()) > 0:
+                if not self.inbox.poll(int(timeout * 1000) + 1):
+                    break
+                frames = self.inbox.recv_multipart(copy=False)
+                try:
+                    kind, session, _ = proto.parse_header(frames[0].buffer)
+                except proto.ProtocolError as e:
+                    log.warning("dropped a bad message while registering: %s", e)
+                    continue
+                if kind is Kind.WELCOME:
+                    self.session = session
+                    self.status.session(session)
+                    return frames
+                if kind is Kind.DETACH:
+                    return None
+            if self._orphaned():
+                return None
+        return None
+
+    def _initialize(self, welcome: list[zmq.Frame]) -> bool:
+        body = proto.parse_control(welcome)
+        self.max_tasks = body.get("max_tasks_per_child")
+        if len(welcome) < 3 or len(welcome[2].buffer) == 0:
+            return True
+        try:
+            initializer, initargs = loads(welcome[2].buffer)
+            initializer(*initargs)
+        except BaseException as e:
+            tb = traceback.format_exc()
+            log.error("initializer failed in %s: %r", self.origin, e)
+            self.status.state(INIT_FAILED)
+            self.sink.send_multipart(
+                proto.control(
+                    Kind.INIT_FAILED,
+                    {"id": self.worker_id, "error": f"{type(e).__name__}: {e}", "traceback": tb},
+                    self.session,
+                )
+            )
+            return False
+        return True
+
+    def _orphaned(self) -> bool:
+        return os.getppid() != int(self.config["parent_pid"])
+
+    def _loop(self) -> None:
+        while not self.draining:
+            if not self.inbox.poll(int(TICK * 1000)):
+                if self._orphaned():
+                    log.error("%s: supervisor is gone, exiting", self.origin)
+                    return
+                continue
+            frames = self.inbox.recv_multipart(copy=False)
+            try:
+                kind, session, _ = proto.parse_header(frames[0].buffer)
+                if session != self.session:
+                    raise proto.ProtocolError("message from another session")
+                if kind is Kind.DETACH:
+                    return
+                if kind is not Kind.TASKS:
+                    raise proto.ProtocolError(f"unexpected {kind.name}")
+                functions, tasks = proto.decode_tasks([f.buffer for f in frames])
+            except proto.ProtocolError as e:
+                log.warning("%s dropped a bad message: %s", self.origin, e)
+                continue
+            if self._run_tasks(functions, tasks):
+                return
+
+    def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
+        """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
+        for digest, data in functions.items():
+            self._learn_function(digest, data)
+        results: list[ResultRecord] = []
+        for task in tasks:
+            if self.draining:
+                break  # the rest never started: BYE tells the executor to send them elsewhere
+            start = time.perf_counter()
+            self.status.started(task.task_id)
+            results.append(self._run_one(task))
+            self.status.finished(task.task_id)
+            self.tasks_done += 1
+            if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
+                self.draining = True
+            # long tasks: send at once; short ones: batch, but never for longer than the window
+            if time.perf_counter() - start > RESULT_BATCH_WINDOW:
+                self._send_results(results)
+                results = []
+        if results:
+            self._send_results(results)
+        if self.draining:
+            self.sink.send_multipart(
+                proto.control(
+                    Kind.BYE, {"id": self.worker_id, "done": self.tasks_done}, self.session
+                )
+            )
+        return self.draining
+
+    def _send_results(self, results: list[ResultRecord]) -> None:
+        self.sink.send_multipart(proto.encode_results(self.session, results), copy=False)
+
+    def _learn_function(self, digest: bytes, data: memoryview) -> None:
+        fn: Callable[..., Any] | BaseException
+        try:
+            fn = loads(data)
+        except BaseException as e:
+            e.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            fn = e
+        self.functions[digest] = fn
+        if len(self.functions) > FN_SLOTS:
+            self.functions.popitem(last=False)
+
+    def _run_one(self, task: proto.TaskRecord) -> ResultRecord:
+        fn = self.functions.get(task.digest)
+        try:
+            if fn is None:
+                raise LookupError("the executor did not send the callable (protocol error)")
+            if isinstance(fn, BaseException):
+                raise fn
+            args, kwargs = load_args(task.payload, task.buffers)
+        except BaseException as e:
+            tb = getattr(e, "__traceback_text__", None) or traceback.format_exc()
+            return error_result(
+                task.task_id,
+                TaskDeserializationError,
+                f"{self.origin} could not unpickle the task: {type(e).__name__}: {e}; the task "
+                "did not run (is its module importable on the worker, with the same versions?)",
+                tb,
+            )
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as e:
+            return exception_result(task.task_id, e, self.origin)
+        return value_result(task.task_id, value)
+
+
+def child_main() -> None:
+    """Entry point of a worker process: ``python -c '...child_main()' CONFIG_JSON``."""
+    config = json.loads(sys.argv[1])
+    if config.get("sys_path"):
+        sys.path[:] = config["sys_path"]
+    logging.basicConfig(
+        level=config.get("log_level", "WARNING"),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
+    # Ctrl-C in a terminal reaches the whole process group: the executor decides, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = WorkerProcess(config)
+
+    def drain(signum: int, frame: object) -> None:
+        worker.draining = True
+
+    signal.signal(signal.SIGTERM, drain)
+    sys.exit(worker.run())
+
+
+# -- the supervisor of one host ------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    slot: int
+    worker_id: str
+    status_path: str
+    proc: subprocess.Popen[bytes]
+    pidfd: int | None
+
+
+@dataclass
+class _Slot:
+    failures: int = 0  #: consecutive deaths before becoming ready
+    not_before: float = 0.0  #: respawn backoff
+    child: _Child | None = None
+    retired: bool = field(default=False)  #: never respawn (initializer failed in local mode)
+
+
+class Supervisor:
+    """Keeps ``processes`` worker processes connected to an executor's sink.
+
+    Runs in the ``zmqexecutor-worker`` process (remote hosts) or in a thread of the executor
+    (local mode). With ``rendezvous`` it binds that endpoint and waits for an executor to
+    ATTACH (mode 3); otherwise it connects its worker processes to ``sink`` at once (mode 2).
+    """
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        sink: str | None = None,
+        rendezvous: str | None = None,
+        inbox_host: str | None = None,
+        advertise: str | None = None,
+        local_dir: str | None = None,
+        respawn_init_failed: bool = True,
+        sys_path: list[str] | None = None,
+        log_level: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.sink = sink
+        self.rendezvous = rendezvous
+        self.inbox_host = inbox_host
+        self.advertise = advertise
+        self.local_dir = local_dir
+        self.respawn_init_failed = respawn_init_failed
+        self.sys_path = sys_path
+        self.log_level = log_level or logging.getLevelName(logging.getLogger().level)
+        self.slots = [_Slot() for _ in range(processes)]
+        self.stopping = False
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=local_dir)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._report: zmq.Socket[bytes] | None = None
+        self._rendezvous_sock: zmq.Socket[bytes] | None = None
+
+    # -- control from other threads and signal handlers --
+
+    def stop(self, *, terminate_children: bool) -> None:
+        """Stop respawning; with ``terminate_children`` also SIGTERM (drain) every child.
+
+        Safe to call from another thread or a signal handler.
+        """
+        self.stopping = True
+        self._terminate_requested = terminate_children
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def kill_children(self) -> None:
+        """SIGKILL every worker process (abort running tasks)."""
+        self._signal_children(signal.SIGKILL)
+
+    # -- the loop --
+
+    def serve(self) -> None:
+        """Run until stopped and every worker process has exited."""
+        self._terminate_requested = getattr(self, "_terminate_requested", False)
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        if self.rendezvous is not None:
+            self._rendezvous_sock = self.ctx.socket(zmq.PULL)
+            self._rendezvous_sock.linger = 0
+            self._rendezvous_sock.bind(self.rendezvous)
+            poller.register(self._rendezvous_sock, zmq.POLLIN)
+        if self.sink is not None:
+            self._connect_report(self.sink)
+        stop_deadline: float | None = None
+        try:
+            while True:
+                if not self.stopping:
+                    self._spawn_due(poller)
+                elif stop_deadline is None:
+                    stop_deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+                    if self._terminate_requested:
+                        self._signal_children(signal.SIGTERM)
+                if self.stopping and not self._children():
+                    return
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    self._signal_children(signal.SIGKILL)
+                    stop_deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+                events = dict(poller.poll(int(self._poll_timeout() * 1000)))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                if self._rendezvous_sock is not None and self._rendezvous_sock in events:
+                    self._on_rendezvous(self._rendezvous_sock.recv_multipart())
+                self._reap(poller)
+        finally:
+            self._close()
+
+    def _poll_timeout(self) -> float:
+        timeout = TICK
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.child is None and not slot.retired and slot.not_before > now:
+                timeout = min(timeout, slot.not_before - now)
+        return max(timeout, 0.001)
+
+    def _children(self) -> list[_Child]:
+        return [s.child for s in self.slots if s.child is not None]
+
+    def _signal_children(self, signum: int) -> None:
+        for child in self._children():
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signum)
+
+    def _connect_report(self, sink: str) -> None:
+        if self._report is not None:
+            self._report.close()
+        self._report = self.ctx.socket(zmq.PUSH)
+        self._report.linger = 1000
+        self._report.connect(sink)
+
+    def _on_rendezvous(self, frames: list[bytes]) -> None:
+        try:
+            kind, _, _ = proto.parse_header(frames[0])
+            body = proto.parse_control(frames) if kind is Kind.ATTACH else {}
+        except proto.ProtocolError as e:
+            log.warning("dropped a bad message on %s: %s", self.rendezvous, e)
+            return
+        if kind is Kind.ATTACH:
+            sink = str(body.get("sink", ""))
+            try:
+                parse_endpoint(sink)
+            except ValueError as e:
+                log.warning("ATTACH with a bad sink address: %s", e)
+                return
+            if sink != self.sink:
+                log.info("executor at %s attached", sink)
+                if self._children():
+                    log.warning("a new executor replaces the previous one; stopping its workers")
+                    self._signal_children(signal.SIGKILL)
+                self.sink = sink
+                self._connect_report(sink)
+        elif kind is Kind.DETACH:
+            log.info("executor at %s detached", self.sink)
+            self.sink = None
+
+    def _spawn_due(self, poller: zmq.Poller) -> None:
+        if self.sink is None:
+            return
+        now = time.monotonic()
+        for index, slot in enumerate(self.slots):
+            if slot.child is None and not slot.retired and slot.not_before <= now:
+                slot.child = self._spawn(index, self.sink)
+                if slot.child.pidfd is not None:
+                    poller.register(slot.child.pidfd, zmq.POLLIN)
+
+    def _spawn(self, index: int, sink: str) -> _Child:
+        worker_id = uuid.uuid4().hex[:16]
+        status_path = os.path.join(self._status_dir, worker_id)
+        with open(status_path, "wb") as f:
+            f.write(_STATUS.pack(0, 0, STARTING, proto.NO_SESSION))
+        if self.local_dir is not None:
+            inbox = f"ipc://{self.local_dir}/w-{worker_id}"
+            advertise = None
+        else:
+            sink_host = parse_endpoint(sink).host
+            inbox = f"tcp://{self.inbox_host or route_to(sink_host)}:*"
+            advertise = self.advertise or parse_endpoint(concrete(inbox, sink_host)).host
+        config = {
+            "worker_id": worker_id,
+            "sink": sink,
+            "inbox": inbox,
+            "advertise": advertise,
+            "status": status_path,
+            "parent_pid": os.getpid(),
+            "sys_path": self.sys_path,
+            "log_level": self.log_level,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from zmqexecutor.worker import child_main; child_main()",
+             json.dumps(config)],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )  # fmt: skip
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pidfd = None  # old kernel: the loop's tick finds the exit instead
+        return _Child(index, worker_id, status_path, proc, pidfd)
+
+    def _reap(self, poller: zmq.Poller) -> None:
+        for slot in self.slots:
+            child = slot.child
+            if child is None or child.proc.poll() is None:
+                continue
+            slot.child = None
+            if child.pidfd is not None:
+                poller.unregister(child.pidfd)
+                os.close(child.pidfd)
+            started, finished, state, session = read_status(child.status_path)
+            os.unlink(child.status_path)
+            code = child.proc.returncode
+            if state == CLEAN_EXIT:
+                slot.failures = 0
+                continue
+            if state == INIT_FAILED:
+                slot.retired = not self.respawn_init_failed
+            elif state == READY and not self.stopping:
+                slot.failures = 0
+            self._report_death(child, code, started, finished, state, session)
+            if state != READY:
+                slot.failures += 1
+                slot.not_before = time.monotonic() + min(
+                    RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2 ** (slot.failures - 1)
+                )
+
+    def _report_death(
+        self, child: _Child, code: int, started: int, finished: int, state: int, session: bytes
+    ) -> None:
+        if state == INIT_FAILED:
+            return  # the worker process reported it itself
+        how = describe_exit(code)
+        running = started if started != finished else 0
+        log.warning("worker process %d %s (running task %s)", child.proc.pid, how, running or "-")
+        if self._report is None:
+            return
+        body = {
+            "id": child.worker_id,
+            "pid": child.proc.pid,
+            "host": socket.gethostname(),
+            "exit": how,
+            "running": running,
+            "last_started": started,
+        }
+        self._report.send_multipart(proto.control(Kind.DIED, body, session))
+
+    def _close(self) -> None:
+        if self._report is not None:
+            self._report.close()
+        if self._rendezvous_sock is not None:
+            self._rendezvous_sock.close()
+        if self._own_context:
+            self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for name in os.listdir(self._status_dir):
+            os.unlink(os.path.join(self._status_dir, name))
+        os.rmdir(self._status_dir)
+
+
+def describe_exit(code: int) -> str:
+    """'exited with code 3' or 'was killed by SIGSEGV (a crash in native code?)'."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = {
+        "SIGSEGV": " (a segmentation fault, e.g. a crash in native code)",
+        "SIGKILL": " (killed from outside, e.g. by the out-of-memory killer)",
+        "SIGBUS": " (a bus error, e.g. a crash in native code)",
+        "SIGABRT": " (aborted, e.g. a failed assertion in native code)",
+    }.get(name, "")
+    return f"was killed by {name}{hint}"
+
+
+# -- the library entry point of a worker host ------------------------------------------------
+
+
+def run_worker(
+    executor: str | None = None,
+    *,
+    listen: str | None = None,
+    processes: int | None = None,
+    advertise: str | None = None,
+    insecure: bool = False,
+) -> int:
+    """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
+    connected to an executor.
+
+    Args:
+        executor: the executor's endpoint (``ZmqExecutor(listen=...)``) to connect to.
+        listen: without ``executor``: the endpoint to wait on for an executor created with
+            ``ZmqExecutor(workers=[...])``; with it: the address worker inboxes bind to.
+        processes: worker processes (default: one per core).
+        advertise: the host name or address the executor should use to reach this host
+            (behind NAT or in a container).
+        insecure: allow unauthenticated sockets on non-loopback addresses.
+
+    Returns:
+        0 after a clean stop (SIGTERM lets running tasks finish first).
+
+    Raises:
+        ConfigurationError: neither endpoint given, or an exposed endpoint without insecure.
+    """
+    from ._security import check_exposure
+    from .errors import ConfigurationError
+
+    if executor is None and listen is None:
+        raise ConfigurationError(
+            "give the executor's endpoint (zmqexecutor-worker tcp://HEAD:5555) or --listen "
+            "ENDPOINT to wait for an executor"
+        )
+    processes = processes or os.cpu_count() or 1
+    if processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+    inbox_host = None
+    if executor is not None:
+        check_exposure(executor, insecure=insecure, role="executor endpoint")
+        sink_host = parse_endpoint(executor).host
+        if listen is not None:
+            inbox_host = parse_endpoint(listen).host
+        inbox = f"tcp://{inbox_host or (route_to(sink_host) if sink_host else '*')}:0"
+        if parse_endpoint(executor).transport == "tcp":
+            check_exposure(inbox, insecure=insecure, role="worker inbox")
+    else:
+        assert listen is not None
+        check_exposure(listen, insecure=insecure, role="listen endpoint")
+    supervisor = Supervisor(
+        processes=processes,
+        sink=executor,
+        rendezvous=listen if executor is None else None,
+        inbox_host=inbox_host,
+        advertise=advertise,
+    )
+    interrupts = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:  # a second Ctrl-C: abort the running tasks
+                supervisor.kill_children()
+        log.info("%s: finishing running tasks, then exiting", signal.Signals(signum).name)
+        supervisor.stop(terminate_children=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "worker host %s pid %d: %d process(es), %s",
+        socket.gethostname(),
+        os.getpid(),
+        processes,
+        f"executor {executor}" if executor else f"waiting on {listen}",
+    )
+    supervisor.serve()
+    return 0
