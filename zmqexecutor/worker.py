@@ -104,6 +104,10 @@ def read_status(path: str) -> tuple[int, int, int, bytes]:
     return started, finished, state, session
 
 
+class _Stop(Exception):
+    """Raised by the SIGTERM handler in a worker process that is not running a task."""
+
+
 class WorkerProcess:
     """Registers with the executor, runs its initializer, then runs tasks one at a time."""
 
@@ -116,6 +120,7 @@ class WorkerProcess:
         self.max_tasks: int | None = None
         self.tasks_done = 0
         self.draining = False
+        self.busy = False
         self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
@@ -129,6 +134,11 @@ class WorkerProcess:
     def run(self) -> int:
         try:
             return self._serve()
+        except _Stop:  # SIGTERM while no task was running
+            if self.session != proto.NO_SESSION:
+                self._say_bye()
+            self.status.state(CLEAN_EXIT)
+            return 0
         finally:
             self.inbox.close()
             self.sink.close()
@@ -235,8 +245,12 @@ class WorkerProcess:
             except proto.ProtocolError as e:
                 log.warning("%s dropped a bad message: %s", self.origin, e)
                 continue
-            if self._run_tasks(functions, tasks):
-                return
+            self.busy = True
+            try:
+                if self._run_tasks(functions, tasks):
+                    return
+            finally:
+                self.busy = False
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
@@ -260,12 +274,13 @@ class WorkerProcess:
         if results:
             self._send_results(results)
         if self.draining:
-            self.sink.send_multipart(
-                proto.control(
-                    Kind.BYE, {"id": self.worker_id, "done": self.tasks_done}, self.session
-                )
-            )
+            self._say_bye()
         return self.draining
+
+    def _say_bye(self) -> None:
+        """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
+        bye = {"id": self.worker_id, "done": self.tasks_done}
+        self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session))
 
     def _send_results(self, results: list[ResultRecord]) -> None:
         self.sink.send_multipart(proto.encode_results(self.session, results), copy=False)
@@ -319,7 +334,9 @@ def child_main() -> None:
     worker = WorkerProcess(config)
 
     def drain(signum: int, frame: object) -> None:
-        worker.draining = True
+        worker.draining = True  # finish the running task first
+        if not worker.busy:
+            raise _Stop
 
     signal.signal(signal.SIGTERM, drain)
     sys.exit(worker.run())
@@ -545,7 +562,7 @@ class Supervisor:
             started, finished, state, session = read_status(child.status_path)
             os.unlink(child.status_path)
             code = child.proc.returncode
-            if state == CLEAN_EXIT:
+            if state == CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
                 slot.failures = 0
                 continue
             if state == INIT_FAILED:
