@@ -5,8 +5,10 @@ from __future__ import annotations
 #: protocol version carried in every message header; bump on any incompatible change
 PROTOCOL_VERSION = 1
 
-#: tasks a worker process may hold beyond the one it runs (credit-based flow control)
-DEFAULT_PREFETCH = 1
+#: tasks a worker process may hold beyond the one it runs (credit-based flow control).
+#: 0 until prefetched tasks can be taken back: a task prefetched behind one that blocks
+#: (for instance on another task) would wait although another worker is idle.
+DEFAULT_PREFETCH = 0
 #: most tasks (or results) packed into one message
 DEFAULT_MAX_BATCH = 64
 #: a worker sends its results at once unless the tasks are shorter than this (seconds)

@@ -3,11 +3,12 @@ task's exception with its remote traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
 import traceback
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,22 +59,24 @@ def load_args(payload: Any, buffers: list[Any]) -> tuple[tuple[Any, ...], dict[s
 
 
 class FunctionCache:
-    """Callables pickled once per executor: id(fn) -> (digest, pickled bytes).
+    """Callables pickled once per executor: fn -> (digest, pickled bytes).
 
-    Holds a reference to each callable so that its id stays its own; least recently used
-    entries are dropped beyond ``size``. Workers cache callables by digest.
+    Keys are weak (CPython bpo-16284: an executor must not keep a task's callable alive);
+    callables that cannot be weakly referenced (builtins) are cheap to pickle by reference
+    and are not cached. Workers cache callables by digest.
     """
 
     def __init__(self, size: int = FN_CACHE_SIZE) -> None:
         self._size = size
-        self._entries: OrderedDict[int, tuple[Callable[..., Any], bytes, bytes]] = OrderedDict()
+        self._entries: weakref.WeakKeyDictionary[Callable[..., Any], tuple[bytes, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def lookup(self, fn: Callable[..., Any]) -> tuple[bytes, bytes] | None:
-        entry = self._entries.get(id(fn))
-        if entry is None or entry[0] is not fn:
+        try:
+            return self._entries.get(fn)
+        except TypeError:  # not weakly referenceable, or unhashable
             return None
-        self._entries.move_to_end(id(fn))
-        return entry[1], entry[2]
 
     @staticmethod
     def pickle(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
@@ -82,9 +85,10 @@ class FunctionCache:
         return hashlib.blake2b(data, digest_size=16).digest(), data
 
     def store(self, fn: Callable[..., Any], entry: tuple[bytes, bytes]) -> None:
-        self._entries[id(fn)] = (fn, *entry)
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        with contextlib.suppress(TypeError):
+            self._entries[fn] = entry
 
 
 # -- results on the worker ------------------------------------------------------------

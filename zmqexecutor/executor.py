@@ -211,7 +211,7 @@ class ZmqExecutor(Executor):
         try:
             digest, fn_bytes = self._pickle_function(fn)
             payload, buffers = dump_args(args, kwargs)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a __reduce__ may even call sys.exit()
             future.set_exception(
                 TaskSerializationError(
                     f"cannot pickle the call to {getattr(fn, '__qualname__', fn)!r}: "

@@ -1,0 +1,180 @@
+"""Bad objects and task callables for the crash table (loky style), importable by workers.
+
+Everything here is referenced by module name from tasks, so worker processes import this module:
+keep it free of side effects and of test-only imports. It also holds the two synchronization
+helpers tasks share (``block_until``, ``rendezvous``): they use files, which cross machines.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from pickle import PicklingError
+from typing import Any, NoReturn
+
+GATE_TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------------------- synchronization
+
+
+def block_until(
+    gate: str, value: Any = None, started: str | None = None, timeout: float = GATE_TIMEOUT
+) -> Any:
+    """Touch ``started`` (if given), then wait until the file ``gate`` exists.
+
+    Returns ``value``, or this process's pid if ``value`` is None. Raises TimeoutError after
+    ``timeout`` seconds so that a broken test never leaves a worker blocked forever.
+    """
+    if started is not None:
+        Path(started).touch()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} not opened within {timeout}s")
+        time.sleep(0.005)
+    return os.getpid() if value is None else value
+
+
+def rendezvous(directory: str, index: int, count: int, timeout: float = GATE_TIMEOUT) -> int:
+    """Announce arrival ``index`` and wait until all ``count`` tasks arrived; return the pid."""
+    Path(directory, f"arrived-{index}").touch()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(directory)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rendezvous: only {len(os.listdir(directory))} of {count} tasks ran at once"
+            )
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def touch(path: str, value: Any = None) -> Any:
+    """Record that the task body ran (exec marker), then return ``value``."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return value
+
+
+# ---------------------------------------------------------------------------- crashes
+
+
+def _no_core_dump() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def segfault() -> NoReturn:
+    """Dereference NULL: the process dies of SIGSEGV (core dumps disabled first)."""
+    _no_core_dump()
+    ctypes.string_at(0)
+    raise AssertionError("unreachable")
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """Die at once, without cleanup, with exit code ``code``."""
+    os._exit(code)
+
+
+def sys_exit(code: int = 0) -> NoReturn:
+    sys.exit(code)
+
+
+def kill_self() -> NoReturn:
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
+
+
+def raise_error(etype: type[BaseException] = RuntimeError, message: str = "msg") -> NoReturn:
+    raise etype(message)
+
+
+def raise_with_lock() -> NoReturn:
+    """Raise an exception that cannot be pickled (it holds a lock)."""
+    raise Exception(threading.Lock())
+
+
+def return_lock() -> Any:
+    """Return a result that cannot be pickled."""
+    return threading.Lock()
+
+
+def return_instance(cls: type, *args: Any) -> Any:
+    return cls(*args)
+
+
+def make_lock_closure() -> Any:
+    lock = threading.Lock()
+    return lambda: lock
+
+
+#: A callable that cannot be pickled: a lambda closing over a lock.
+LOCK_CLOSURE = make_lock_closure()
+
+
+# ---------------------------------------------------------------------------- bad objects
+
+
+class ErrorAtPickle:
+    """Raises PicklingError when pickled."""
+
+    def __reduce__(self) -> Any:
+        raise PicklingError("error in pickle")
+
+
+class ExitAtPickle:
+    """Raises SystemExit when pickled (in whichever process or thread pickles it)."""
+
+    def __reduce__(self) -> Any:
+        sys.exit(0)
+
+
+class CrashAtPickle:
+    """Segfaults when pickled. Only ever use as a *result* (pickled on the worker)."""
+
+    def __reduce__(self) -> Any:
+        segfault()
+
+
+class OsExitAtPickle:
+    """Calls os._exit(0) when pickled. Only ever use as a *result*."""
+
+    def __reduce__(self) -> Any:
+        exit_process(0)
+
+
+class ErrorAtUnpickle:
+    """Raises ``etype(message)`` when unpickled."""
+
+    def __init__(self, etype: type[BaseException] = RuntimeError, message: str = "msg") -> None:
+        self.etype = etype
+        self.message = message
+
+    def __reduce__(self) -> Any:
+        return raise_error, (self.etype, self.message)
+
+
+class ExitAtUnpickle:
+    """Raises SystemExit(0) when unpickled (on a worker, or in the executor if it is a result)."""
+
+    def __reduce__(self) -> Any:
+        return sys_exit, (0,)
+
+
+class OsExitAtUnpickle:
+    """Calls os._exit(0) when unpickled. Only ever send *to* a worker."""
+
+    def __reduce__(self) -> Any:
+        return exit_process, (0,)
+
+
+class CrashAtUnpickle:
+    """Segfaults when unpickled. Only ever send *to* a worker."""
+
+    def __reduce__(self) -> Any:
+        return segfault, ()
