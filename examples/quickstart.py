@@ -25,7 +25,7 @@ if __name__ == "__main__":
         print(f"sum of squares below 10,000: {total}")
 
         futures = [executor.submit(math.factorial, n) for n in (10, 20, 30)]
-        for n, future in zip((10, 20, 30), futures):
+        for n, future in zip((10, 20, 30), futures, strict=True):
             print(f"{n}! = {future.result()}")
 
         offset = 100

@@ -26,7 +26,7 @@ def work(x: int) -> tuple[int, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("listen", nargs="?", default="tcp://127.0.0.1:5599")
+    parser.add_argument("listen", nargs="?", default="tcp://127.0.0.1:*")
     parser.add_argument("--insecure", action="store_true")
     args = parser.parse_args()
 
@@ -34,10 +34,10 @@ def main() -> None:
     workers = []
     with ZmqExecutor(listen=args.listen, insecure=args.insecure) as executor:
         if local_demo:  # stand-ins for two remote hosts
-            cmd = [sys.executable, "-m", "zmqexecutor", "worker", args.listen, "-n", "1"]
+            cmd = [sys.executable, "-m", "zmqexecutor", "worker", executor.address, "-n", "1"]
             workers = [subprocess.Popen([*cmd, "--log-level", "WARNING"]) for _ in range(2)]
-        print(f"executor listening on {args.listen}; start workers with:")
-        print(f"    zmqexecutor-worker {args.listen} --processes N")
+        print(f"executor listening on {executor.address}; start workers with:")
+        print(f"    zmqexecutor-worker {executor.address} --processes N")
         results = list(executor.map(work, range(200)))
         assert [r for r, _ in results] == [x * x for x in range(200)]
         print("tasks per host:", dict(Counter(host for _, host in results)))

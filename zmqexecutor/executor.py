@@ -131,7 +131,7 @@ class ZmqExecutor(Executor):
             sink_address = local_sink
             if listen:
                 sink.bind(listen)
-                sink_address = bound_endpoint(sink)
+                sink_address = concrete(bound_endpoint(sink))
             elif worker_list:
                 sink_address = self._bind_for(sink, worker_list)
             for endpoint in worker_list:
@@ -159,6 +159,7 @@ class ZmqExecutor(Executor):
                 ),
                 context=self._context,
             )
+        self._address = sink_address
         self._supervisor = supervisor
         self._supervisor_thread = (
             threading.Thread(target=supervisor.serve, name="zmqexecutor-supervisor", daemon=True)
@@ -192,6 +193,12 @@ class ZmqExecutor(Executor):
         sink.bind(f"tcp://{host}:*")
         bound = bound_endpoint(sink)
         return concrete(bound, parse_endpoint(endpoints[0]).host)
+
+    @property
+    def address(self) -> str:
+        """The endpoint workers connect to (``zmqexecutor-worker ADDRESS``); with
+        ``listen="tcp://host:*"`` it carries the port the system chose."""
+        return self._address
 
     # -- the Executor API ---------------------------------------------------------------
 
