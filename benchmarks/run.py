@@ -606,10 +606,7 @@ def child_main(a):
     try:
         p = scaled_params(a.workload, a.scale)
         res["params"] = p
-        if a.system == "raw_zmq":
-            sy = RawZmq(oob=a.workload == "W4")
-        else:
-            sy = ExecutorSystem(a.system)
+        sy = RawZmq(oob=a.workload == "W4") if a.system == "raw_zmq" else ExecutorSystem(a.system)
         t = time.perf_counter()
         sy.prepare()
         res["import_s"] = time.perf_counter() - t
@@ -857,12 +854,31 @@ def versions():
     }
 
 
+def source_digest():
+    """Short hash of zmqexecutor's source files: a report is only meaningful if they did
+    not change while the benchmark ran (children import the package afresh)."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("zmqexecutor")
+    if spec is None or not spec.submodule_search_locations:
+        return "not installed"
+    h = hashlib.sha256()
+    for d in spec.submodule_search_locations:
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                with open(os.path.join(d, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:12]
+
+
 def build_report(results, systems, wids, args, elapsed, ver):
     cols = columns(wids)
     md = [
         f"Medians over {args.repeat} repeat(s); {ver['python']}, pyzmq {ver['pyzmq']}, "
         f"libzmq {ver['libzmq']}, cloudpickle {ver['cloudpickle']}, numpy {ver['numpy']}, "
-        f"zmqexecutor {ver['zmqexecutor']}; {ver['cpus']} cores ({ver['usable_cpus']} usable), "
+        f"zmqexecutor {ver['zmqexecutor']} (source {ver['zmqexecutor_source']}); "
+        f"{ver['cpus']} cores ({ver['usable_cpus']} usable), "
         f"{ver['platform']}; 2 workers per system; suite wall time {elapsed:.0f} s"
         + (f"; **sizes scaled by --scale {args.scale}**" if args.scale != 1.0 else "")
         + ".",
@@ -884,8 +900,8 @@ def build_report(results, systems, wids, args, elapsed, ver):
             "",
             "### Ratios: zmqexecutor value / baseline value, per metric",
             "",
-            "↑ = higher is better (a ratio > 1× means zmqexecutor is better than the baseline); "
-            "↓ = lower is better (a ratio < 1× means zmqexecutor is better).",
+            "↑ = higher is better (a ratio > 1x means zmqexecutor is better than the baseline); "
+            "↓ = lower is better (a ratio < 1x means zmqexecutor is better).",
             "",
             "| ratio | "
             + " | ".join(f"{label} {'↑' if hib else '↓'}" for _, _, label, hib in cols)
@@ -897,9 +913,14 @@ def build_report(results, systems, wids, args, elapsed, ver):
             for w, k, _, _ in cols:
                 v, _ = value(results, "zmqexecutor", w, k)
                 r, _ = value(results, b, w, k)
-                row.append("—" if v is None or not r else f"{v / r:.2f}×")
+                row.append("—" if v is None or not r else f"{v / r:.2f}x")
             md.append("| " + " | ".join(row) + " |")
     notes = []
+    if ver["zmqexecutor_source"] != ver["zmqexecutor_source_end"]:
+        notes.append(
+            f"- **zmqexecutor's source changed during the run** ({ver['zmqexecutor_source']} "
+            f"-> {ver['zmqexecutor_source_end']}): its rows mix code versions"
+        )
     for s in systems:
         for w in wids:
             e = results.get((s, w))
@@ -958,6 +979,7 @@ def main(argv=None):
 
     become_subreaper()
     ver = versions()
+    ver["zmqexecutor_source"] = source_digest()
     root = tempfile.mkdtemp(prefix="zb")  # short: ipc:// paths must stay < 108 chars
     results, idx, total = {}, 0, len(systems) * len(wids)
     t_all = time.monotonic()
@@ -988,6 +1010,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(root, ignore_errors=True)
     elapsed = time.monotonic() - t_all
+    ver["zmqexecutor_source_end"] = source_digest()
 
     print(build_report(results, systems, wids, args, elapsed, ver))
     if args.json:

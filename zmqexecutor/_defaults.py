@@ -5,10 +5,15 @@ from __future__ import annotations
 #: protocol version carried in every message header; bump on any incompatible change
 PROTOCOL_VERSION = 1
 
-#: tasks a worker process may hold beyond the one it runs (credit-based flow control).
-#: 0 until prefetched tasks can be taken back: a task prefetched behind one that blocks
-#: (for instance on another task) would wait although another worker is idle.
-DEFAULT_PREFETCH = 0
+#: a worker process may hold tasks beyond the one it runs (prefetch) only while they are
+#: known to be short: at most this many seconds of expected work queued per slot...
+PREFETCH_BUDGET = 0.005
+#: ...and at most this many tasks per slot...
+MAX_PREFETCH = 256
+#: ...and only while at least this many tasks per ready slot wait in the executor's queue
+PREFETCH_BACKLOG = 4
+#: callables whose average run time the executor remembers
+DURATIONS_KEPT = 1024
 #: most tasks (or results) packed into one message
 DEFAULT_MAX_BATCH = 64
 #: a worker sends its results at once unless the tasks are shorter than this (seconds)

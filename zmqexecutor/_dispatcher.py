@@ -36,8 +36,12 @@ import zmq
 from . import _protocol as proto
 from ._defaults import (
     DEFAULT_MAX_BATCH,
+    DURATIONS_KEPT,
     LOST_RESULT_GRACE,
+    MAX_PREFETCH,
     NO_WORKER_WARNING,
+    PREFETCH_BACKLOG,
+    PREFETCH_BUDGET,
     TICK,
 )
 from ._protocol import Kind
@@ -63,6 +67,10 @@ class WorkItem:
     buffers: list[Any]
     #: times sent to a worker (a task sent back to the queue unstarted is sent again)
     sends: int = 0
+    #: expected run time when it was sent (seconds; None if unknown)
+    estimate: float | None = None
+    #: when it was last sent (time.monotonic())
+    sent_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -80,6 +88,9 @@ class WorkerRecord:
     #: callables the worker holds; evicted in insertion order exactly as the worker does
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     sent: int = 0
+    #: expected run time of the tasks it holds (seconds), and how many it cannot estimate
+    queued: float = 0.0
+    unknown: int = 0
     #: tasks this worker may still receive (max_tasks_per_child), None = unlimited
     remaining: int | None = None
 
@@ -100,7 +111,7 @@ class Dispatcher(threading.Thread):
         sink_address: str,
         welcome: dict[str, Any],
         initializer: bytes,
-        prefetch: int,
+        prefetch: int | None,
         local_workers: int,
         before_detach: Callable[[], None],
         on_exit: Callable[[], None],
@@ -118,6 +129,8 @@ class Dispatcher(threading.Thread):
         self.before_detach = before_detach
         self.on_exit = on_exit
         self.pending: deque[WorkItem] = deque()
+        #: moving average of each callable's run time (by digest): how much to prefetch
+        self.durations: dict[bytes, float] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.shutdown_requested = False
         self.broken: str | None = None
@@ -155,7 +168,7 @@ class Dispatcher(threading.Thread):
                 )
             while not self._finished():
                 self._dispatch()
-                self.idle = bool(self._free_credit()) and not self.pending
+                self.idle = self._has_room() and not self.pending
                 if self.pending and self.idle:  # raced with a submit(): go round again
                     self.idle = False
                     continue
@@ -190,41 +203,69 @@ class Dispatcher(threading.Thread):
     def _ready_workers(self) -> list[WorkerRecord]:
         return [w for w in self.workers.values() if w.ready]
 
-    def _credit(self, w: WorkerRecord) -> int:
-        credit = w.slots + self.prefetch - len(w.outstanding)
-        if w.remaining is not None:
-            credit = min(credit, w.remaining)
-        return credit
+    def _accepts(self, w: WorkerRecord, item: WorkItem, now: float, backlog: bool) -> bool:
+        """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
+        while many tasks wait (``backlog``) and only tasks known to be short, up to
+        PREFETCH_BUDGET seconds of queued work, so that batching pays for small tasks and a
+        prefetched task never waits long behind another while a worker is idle."""
+        held = len(w.outstanding)
+        if w.remaining is not None and w.remaining <= 0:
+            return False
+        if held < w.slots:
+            return True
+        if self.prefetch is not None:
+            return held < w.slots + self.prefetch
+        estimate = self.durations.get(item.digest)
+        if not backlog or estimate is None or w.unknown or held >= w.slots * MAX_PREFETCH:
+            return False
+        if w.queued + estimate > PREFETCH_BUDGET * w.slots:
+            return False
+        # a task that runs much longer than expected may block: queue nothing behind it
+        oldest = next(iter(w.outstanding.values()))
+        return now - oldest.sent_at <= w.queued + PREFETCH_BUDGET
 
-    def _free_credit(self) -> int:
-        return sum(max(0, self._credit(w)) for w in self.workers.values() if w.ready)
+    def _has_room(self) -> bool:
+        """True if a task submitted now could be sent at once (submit() must wake us)."""
+        return any(w.ready and len(w.outstanding) < w.slots for w in self.workers.values())
 
     # -- sending ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Give pending tasks to ready workers, least loaded first, up to their credit."""
+        """Give pending tasks, in order, to the least loaded ready worker that accepts them."""
         if not self.pending:
             return
-        heap = []
-        for w in self.workers.values():
-            credit = self._credit(w) if w.ready else 0
-            if credit > 0:
-                heap.append((len(w.outstanding) / w.slots, w.sent, credit, w.worker_id))
-        if not heap:
-            return
+        heap = [(len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
+                for w in self.workers.values() if w.ready]  # fmt: skip
         heapq.heapify(heap)
         batches: dict[str, list[WorkItem]] = {}
+        now = time.monotonic()
+        # A few tasks are spread one per worker, never prefetched: they may wait for each
+        # other, and a task queued behind one that blocks cannot be taken back yet.
+        slots = sum(self.workers[entry[3]].slots for entry in heap)
+        backlog = len(self.pending) >= PREFETCH_BACKLOG * slots
         while heap and self.pending:
-            load, sent, credit, worker_id = heapq.heappop(heap)
+            worker_id = heap[0][3]
+            w = self.workers[worker_id]
             item = self.pending.popleft()
+            if not self._accepts(w, item, now, backlog):
+                self.pending.appendleft(item)  # the least loaded worker is full: all are
+                break
             if not item.sends and not item.future.set_running_or_notify_cancel():
-                heapq.heappush(heap, (load, sent, credit, worker_id))
                 continue  # cancelled while queued
+            item.estimate = self.durations.get(item.digest)
+            item.sent_at = now
+            self._hold(w, item)
+            w.outstanding[item.task_id] = item
+            self.owner[item.task_id] = w
+            item.sends += 1
+            if w.remaining is not None:
+                w.remaining -= 1
             batch = batches.setdefault(worker_id, [])
             batch.append(item)
-            w = self.workers[worker_id]
-            if credit > 1 and len(batch) < DEFAULT_MAX_BATCH:
-                heapq.heappush(heap, (load + 1 / w.slots, sent, credit - 1, worker_id))
+            if len(batch) >= DEFAULT_MAX_BATCH:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (len(w.outstanding) / w.slots, w.queued, w.sent, worker_id))
         for worker_id, items in batches.items():
             self._send_tasks(self.workers[worker_id], items)
 
@@ -236,17 +277,12 @@ class Dispatcher(threading.Thread):
                 w.functions[item.digest] = None
                 if len(w.functions) > FN_SLOTS:
                     w.functions.popitem(last=False)
-            w.outstanding[item.task_id] = item
-            self.owner[item.task_id] = w
-            item.sends += 1
         frames = proto.encode_tasks(
             self.session,
             functions,
             [(i.task_id, i.digest, i.payload, i.buffers) for i in items],
         )
         w.sent += len(items)
-        if w.remaining is not None:
-            w.remaining -= len(items)
         w.push.send_multipart(frames, copy=len(frames) == 3)
 
     # -- receiving ----------------------------------------------------------------------
@@ -336,11 +372,19 @@ class Dispatcher(threading.Thread):
                 log.debug("discarded a result for task %d that is not outstanding", record.task_id)
                 continue
             item = w.outstanding.pop(record.task_id)
+            self._release(w, item)
+            self._learn_duration(item.digest, record.duration)
             ok, value = load_result(record)
             if ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+
+    def _learn_duration(self, digest: bytes, duration: float) -> None:
+        old = self.durations.get(digest)
+        self.durations[digest] = duration if old is None else old + (duration - old) / 8
+        if len(self.durations) > DURATIONS_KEPT:
+            del self.durations[next(iter(self.durations))]
 
     def _on_init_failed(self, w: WorkerRecord, body: dict[str, Any]) -> None:
         self._remove(w)
@@ -387,7 +431,26 @@ class Dispatcher(threading.Thread):
 
     def _forget(self, w: WorkerRecord, task_id: int) -> WorkItem | None:
         self.owner.pop(task_id, None)
-        return w.outstanding.pop(task_id, None)
+        item = w.outstanding.pop(task_id, None)
+        if item is not None:
+            self._release(w, item)
+        return item
+
+    @staticmethod
+    def _hold(w: WorkerRecord, item: WorkItem) -> None:
+        if item.estimate is None:
+            w.unknown += 1
+        else:
+            w.queued += item.estimate
+
+    @staticmethod
+    def _release(w: WorkerRecord, item: WorkItem) -> None:
+        if item.estimate is None:
+            w.unknown -= 1
+        elif w.outstanding:
+            w.queued = max(0.0, w.queued - item.estimate)
+        else:
+            w.queued = 0.0  # no drift from float sums
 
     # -- bookkeeping --------------------------------------------------------------------
 

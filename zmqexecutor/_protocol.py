@@ -31,7 +31,8 @@ _TASKS_COUNTS = struct.Struct("<II")
 _FN_RECORD = struct.Struct("<16sI")  # digest, length in blob
 _TASK_RECORD = struct.Struct("<q16sIH")  # task id, callable digest, payload length, buffers
 # RESULTS index: one record per result.
-_RESULT_RECORD = struct.Struct("<qBIH")  # task id, status, payload length, buffers
+_RESULT_RECORD = struct.Struct("<qBIHI")  # task id, status, payload length, buffers, run µs
+_MAX_MICROS = 2**32 - 1
 
 
 class Kind(enum.IntEnum):
@@ -73,6 +74,8 @@ class ResultRecord:
     status: Status
     payload: memoryview | bytes
     buffers: list[Any] = field(default_factory=list)
+    #: how long the task ran on the worker, in seconds (the executor's scheduling estimate)
+    duration: float = 0.0
 
 
 def header(kind: Kind, session: bytes = NO_SESSION, count: int = 0) -> bytes:
@@ -189,7 +192,10 @@ def encode_results(session: bytes, results: Sequence[ResultRecord]) -> list[Any]
     blob = []
     buffers: list[Any] = []
     for r in results:
-        index.append(_RESULT_RECORD.pack(r.task_id, r.status, len(r.payload), len(r.buffers)))
+        micros = min(_MAX_MICROS, int(r.duration * 1e6))
+        index.append(
+            _RESULT_RECORD.pack(r.task_id, r.status, len(r.payload), len(r.buffers), micros)
+        )
         blob.append(r.payload)
         buffers.extend(r.buffers)
     return [header(Kind.RESULTS, session, len(results)), b"".join(index), b"".join(blob), *buffers]
@@ -205,7 +211,7 @@ def decode_results(frames: Sequence[Any]) -> list[ResultRecord]:
     results = []
     offset = 0
     frame_no = 3
-    for task_id, status, length, n_bufs in _RESULT_RECORD.iter_unpack(index):
+    for task_id, status, length, n_bufs, micros in _RESULT_RECORD.iter_unpack(index):
         try:
             st = Status(status)
         except ValueError:
@@ -216,6 +222,7 @@ def decode_results(frames: Sequence[Any]) -> list[ResultRecord]:
                 st,
                 blob[offset : offset + length],
                 list(frames[frame_no : frame_no + n_bufs]),
+                micros / 1e6,
             )
         )
         offset += length

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import zmq
 
-from ._defaults import DEFAULT_PREFETCH
 from ._dispatcher import Dispatcher, WorkItem, pickle_initializer
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to
 from ._security import check_exposure
@@ -74,7 +73,10 @@ class ZmqExecutor(Executor):
             (e.g. ``"tcp://0.0.0.0:5555"``).
         workers: endpoints of worker hosts started with ``--listen`` to connect to.
         insecure: allow unauthenticated sockets on non-loopback addresses (logs a warning).
-        prefetch: tasks a worker process may hold beyond the one it runs.
+        prefetch: tasks a worker process may hold beyond the one it runs. None (default):
+            adaptive: only tasks whose callable is known to run briefly, up to a few
+            milliseconds of queued work, so that small tasks are batched and no task waits
+            behind a long one; 0 disables prefetching.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -92,7 +94,7 @@ class ZmqExecutor(Executor):
         listen: str | None = None,
         workers: Iterable[str] | None = None,
         insecure: bool = False,
-        prefetch: int = DEFAULT_PREFETCH,
+        prefetch: int | None = None,
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -103,7 +105,7 @@ class ZmqExecutor(Executor):
             raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if prefetch < 0:
+        if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         if listen is not None:
             check_exposure(listen, insecure=insecure, role="listen endpoint")

@@ -121,6 +121,7 @@ class WorkerProcess:
         self.tasks_done = 0
         self.draining = False
         self.busy = False
+        self.closing = False  #: past the point where SIGTERM may interrupt us
         self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
@@ -135,11 +136,13 @@ class WorkerProcess:
         try:
             return self._serve()
         except _Stop:  # SIGTERM while no task was running
+            self.closing = True
             if self.session != proto.NO_SESSION:
                 self._say_bye()
             self.status.state(CLEAN_EXIT)
             return 0
         finally:
+            self.closing = True
             self.inbox.close()
             self.sink.close()
             self.ctx.term()
@@ -251,6 +254,7 @@ class WorkerProcess:
                     return
             finally:
                 self.busy = False
+        self.closing = False  #: past the point where SIGTERM may interrupt us
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
@@ -262,13 +266,15 @@ class WorkerProcess:
                 break  # the rest never started: BYE tells the executor to send them elsewhere
             start = time.perf_counter()
             self.status.started(task.task_id)
-            results.append(self._run_one(task))
+            result = self._run_one(task)
             self.status.finished(task.task_id)
+            result.duration = time.perf_counter() - start
+            results.append(result)
             self.tasks_done += 1
             if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
                 self.draining = True
             # long tasks: send at once; short ones: batch, but never for longer than the window
-            if time.perf_counter() - start > RESULT_BATCH_WINDOW:
+            if result.duration > RESULT_BATCH_WINDOW:
                 self._send_results(results)
                 results = []
         if results:
@@ -335,7 +341,8 @@ def child_main() -> None:
 
     def drain(signum: int, frame: object) -> None:
         worker.draining = True  # finish the running task first
-        if not worker.busy:
+        if not worker.busy and not worker.closing:
+            worker.closing = True
             raise _Stop
 
     signal.signal(signal.SIGTERM, drain)
