@@ -9,6 +9,7 @@ from .errors import (
     ResultSerializationError,
     TaskDeserializationError,
     TaskSerializationError,
+    TaskTimeoutError,
     WorkerLostError,
     ZmqExecutorError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ResultSerializationError",
     "TaskDeserializationError",
     "TaskSerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "ZmqExecutor",
     "ZmqExecutorError",

@@ -21,6 +21,9 @@ RESULT_BATCH_WINDOW = 0.001
 #: payload buffers at least this large travel as separate zero-copy frames
 OOB_THRESHOLD = 64 * 1024
 
+#: how often worker hosts say they are alive, and how long silence means a lost peer (seconds)
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+DEFAULT_HEARTBEAT_TIMEOUT = 10.0
 #: how often a waiting worker repeats HELLO until the executor answers (seconds)
 HELLO_INTERVAL = 0.5
 #: how long results of a dead worker's finished tasks may still arrive (seconds)

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,8 @@ import zmq
 
 from . import _protocol as proto
 from ._defaults import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_BATCH,
     DURATIONS_KEPT,
     LOST_RESULT_GRACE,
@@ -46,13 +48,45 @@ from ._defaults import (
 )
 from ._protocol import Kind
 from ._serialize import load_result
-from .errors import BrokenZmqExecutor, WorkerLostError
+from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 from .worker import FN_SLOTS, python_version
 
 if TYPE_CHECKING:
     from .executor import ZmqExecutor
 
 log = logging.getLogger("zmqexecutor.dispatcher")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The executor's options that the dispatcher acts on."""
+
+    prefetch: int | None = None
+    max_tasks_per_child: int | None = None
+    max_retries: int = 0
+    task_timeout: float | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    no_worker_timeout: float | None = None
+    local_workers: int = 0
+
+    def welcome(self) -> dict[str, Any]:
+        """What every worker process is told when it registers."""
+        return {
+            "max_tasks_per_child": self.max_tasks_per_child,
+            "task_timeout": self.task_timeout,
+            "heartbeat_interval": self.heartbeat_interval,
+        }
+
+
+@dataclass
+class HostRecord:
+    """A worker host (one supervisor) and when it was last heard from."""
+
+    host_id: str
+    name: str
+    last_seen: float
+    workers: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -71,6 +105,8 @@ class WorkItem:
     estimate: float | None = None
     #: when it was last sent (time.monotonic())
     sent_at: float = 0.0
+    #: workers (and hosts) it was lost on; a retry never goes back to them
+    lost_on: set[str] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -82,6 +118,7 @@ class WorkerRecord:
     pid: int
     slots: int
     push: zmq.Socket[bytes]
+    host_id: str = ""
     ready: bool = False
     #: tasks sent and not answered, in the order sent (a worker runs them in that order)
     outstanding: OrderedDict[int, WorkItem] = field(default_factory=OrderedDict)
@@ -109,10 +146,9 @@ class Dispatcher(threading.Thread):
         sink: zmq.Socket[bytes],
         attach: list[zmq.Socket[bytes]],
         sink_address: str,
-        welcome: dict[str, Any],
+        settings: Settings,
         initializer: bytes,
-        prefetch: int | None,
-        local_workers: int,
+        task_ids: Iterator[int],
         before_detach: Callable[[], None],
         on_exit: Callable[[], None],
     ) -> None:
@@ -122,10 +158,14 @@ class Dispatcher(threading.Thread):
         self.sink = sink
         self.attach = attach
         self.sink_address = sink_address
-        self.welcome = welcome
+        self.settings = settings
+        self.welcome = settings.welcome()
         self.initializer = initializer
-        self.prefetch = prefetch
-        self.local_workers = local_workers
+        self.prefetch = settings.prefetch
+        self.local_workers = settings.local_workers
+        self.task_ids = task_ids
+        self.hosts: dict[str, HostRecord] = {}
+        self._next_attach = 0.0
         self.before_detach = before_detach
         self.on_exit = on_exit
         self.pending: deque[WorkItem] = deque()
@@ -146,6 +186,7 @@ class Dispatcher(threading.Thread):
         #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
         self.idle = False
         self._no_worker_since: float | None = None
+        self._waiting_since: float | None = None
         self.protocol_errors = 0
 
     # -- called from other threads ----------------------------------------------------
@@ -162,10 +203,6 @@ class Dispatcher(threading.Thread):
         poller.register(self.sink, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
-            for sock in self.attach:
-                sock.send_multipart(
-                    proto.control(Kind.ATTACH, {"sink": self.sink_address}, self.session)
-                )
             while not self._finished():
                 self._dispatch()
                 self.idle = self._has_room() and not self.pending
@@ -189,9 +226,10 @@ class Dispatcher(threading.Thread):
             self._close()
 
     def _timeout(self) -> int:
+        tick = min(TICK, self.settings.heartbeat_interval)
         if self._grace or (self.pending and not self._ready_workers()):
-            return int(TICK * 1000 / 5)
-        return int(TICK * 1000)
+            tick /= 5
+        return int(tick * 1000)
 
     def _finished(self) -> bool:
         if not self.shutdown_requested and self._executor_ref() is not None:
@@ -238,6 +276,7 @@ class Dispatcher(threading.Thread):
                 for w in self.workers.values() if w.ready]  # fmt: skip
         heapq.heapify(heap)
         batches: dict[str, list[WorkItem]] = {}
+        deferred: list[WorkItem] = []
         now = time.monotonic()
         # A few tasks are spread one per worker, never prefetched: they may wait for each
         # other, and a task queued behind one that blocks cannot be taken back yet.
@@ -250,6 +289,9 @@ class Dispatcher(threading.Thread):
             if not self._accepts(w, item, now, backlog):
                 self.pending.appendleft(item)  # the least loaded worker is full: all are
                 break
+            if item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
+                deferred.append(item)  # a retry never goes back where it was lost
+                continue
             if not item.sends and not item.future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
             item.estimate = self.durations.get(item.digest)
@@ -266,6 +308,7 @@ class Dispatcher(threading.Thread):
                 heapq.heappop(heap)
             else:
                 heapq.heapreplace(heap, (len(w.outstanding) / w.slots, w.queued, w.sent, worker_id))
+        self.pending.extendleft(reversed(deferred))
         for worker_id, items in batches.items():
             self._send_tasks(self.workers[worker_id], items)
 
@@ -303,6 +346,9 @@ class Dispatcher(threading.Thread):
         kind, session, _ = proto.parse_header(frames[0].buffer)
         if kind is Kind.HELLO:
             self._on_hello(proto.parse_control(frames))
+            return
+        if kind is Kind.HEARTBEAT:
+            self._on_heartbeat(proto.parse_control(frames))
             return
         if session != self.session:
             raise proto.ProtocolError(f"{kind.name} from another session")
@@ -346,6 +392,7 @@ class Dispatcher(threading.Thread):
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
+        set_heartbeats(push, self.settings)
         try:
             push.connect(str(body["inbox"]))
         except (KeyError, zmq.ZMQError) as e:
@@ -357,9 +404,11 @@ class Dispatcher(threading.Thread):
             pid=int(body.get("pid", 0)),
             slots=max(1, int(body.get("slots", 1))),
             push=push,
-            remaining=self.welcome.get("max_tasks_per_child"),
+            host_id=str(body.get("host_id", "")),
+            remaining=self.settings.max_tasks_per_child,
         )
         self.workers[worker_id] = w
+        self._host(w.host_id, w.host).workers.add(worker_id)
         push.send_multipart(
             [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]
         )
@@ -412,15 +461,20 @@ class Dispatcher(threading.Thread):
         may_have_run, not_started = items[:cut], items[cut:]
         running = int(body.get("running", 0))
         how = f"{w.describe()} {body.get('exit', 'died')}"
+        timeout = float(body.get("timeout") or 0)
         for item in may_have_run:
-            if item.task_id == running:
-                self._forget(w, item.task_id)
+            if item.task_id != running:
+                continue
+            self._forget(w, item.task_id)
+            if timeout:
                 item.future.set_exception(
-                    WorkerLostError(
-                        f"{how} while running this task; the task may have partly run and was "
-                        "not retried"
+                    TaskTimeoutError(
+                        f"the task ran longer than task_timeout={timeout:g}s on {w.describe()} "
+                        "and was killed; raise task_timeout if it needs more time"
                     )
                 )
+            else:
+                self._lost(item, w, f"{how} while running this task")
         finished = [i.task_id for i in may_have_run if i.task_id != running]
         if finished:  # their results may still be on the way: wait a little
             self._grace.append((time.monotonic() + LOST_RESULT_GRACE, w, finished))
@@ -477,11 +531,7 @@ class Dispatcher(threading.Thread):
                 item = self._forget(w, task_id)
                 if item is None:
                     continue  # its result did arrive
-                item.future.set_exception(
-                    WorkerLostError(
-                        f"{w.describe()} died after running this task; its result was lost"
-                    )
-                )
+                self._lost(item, w, f"{w.describe()} died after running this task; its result")
         if self.pending and not self._ready_workers():
             if self._no_worker_since is None:
                 self._no_worker_since = now
@@ -490,7 +540,90 @@ class Dispatcher(threading.Thread):
                 self._no_worker_since = now
         else:
             self._no_worker_since = None
+        self._check_no_workers(now)
+        self._check_hosts(now)
         self._fail_cancelled_queue_if_broken()
+
+    def _lost(self, item: WorkItem, w: WorkerRecord, how: str, *, host: bool = False) -> None:
+        """``item`` may have run on ``w``, which is gone: retry it elsewhere if the user
+        allowed it (max_retries), else fail it. Never re-run silently (at-most-once).
+        With ``host`` the whole host is avoided, not only the worker process."""
+        item.lost_on.add(w.host_id if host else w.worker_id)
+        attempts = item.sends
+        if attempts <= self.settings.max_retries:
+            log.warning("%s; retrying task elsewhere (attempt %d)", how, attempts + 1)
+            item.task_id = next(self.task_ids)  # a late result of the lost attempt is dropped
+            self.pending.appendleft(item)
+            return
+        tried = f"; attempted on {attempts} workers" if attempts > 1 else ""
+        item.future.set_exception(
+            WorkerLostError(
+                f"{how}{tried}. The task may have partly run and was not retried "
+                f"(max_retries={self.settings.max_retries})"
+            )
+        )
+
+    def _host(self, host_id: str, name: str) -> HostRecord:
+        host = self.hosts.get(host_id)
+        if host is None:
+            host = self.hosts[host_id] = HostRecord(host_id, name, time.monotonic())
+        return host
+
+    def _on_heartbeat(self, body: dict[str, Any]) -> None:
+        host = self._host(str(body.get("host_id", "")), str(body.get("host", "?")))
+        host.last_seen = time.monotonic()
+
+    def _check_hosts(self, now: float) -> None:
+        """A host silent for heartbeat_timeout is lost with every worker it had."""
+        for host in list(self.hosts.values()):
+            if now - host.last_seen <= self.settings.heartbeat_timeout:
+                continue
+            del self.hosts[host.host_id]
+            lost = [self.workers[i] for i in host.workers if i in self.workers]
+            if not lost:
+                continue
+            log.warning(
+                "worker host %s silent for %.1fs: lost with %d worker process(es)",
+                host.name,
+                now - host.last_seen,
+                len(lost),
+            )
+            for w in lost:
+                self._remove(w)
+                items = list(w.outstanding.values())
+                for item in items:
+                    self._forget(w, item.task_id)
+                    self._lost(
+                        item,
+                        w,
+                        f"{w.describe()} was lost: its host was silent for "
+                        f"{self.settings.heartbeat_timeout:g}s (heartbeat_timeout)",
+                        host=True,
+                    )
+        if self.attach and now >= self._next_attach:
+            # mode 3: (re)attach hosts that restarted or never got the first ATTACH
+            self._next_attach = now + self.settings.heartbeat_interval
+            attach = proto.control(Kind.ATTACH, {"sink": self.sink_address}, self.session)
+            for sock in self.attach:
+                with contextlib.suppress(zmq.Again):
+                    sock.send_multipart(attach, zmq.NOBLOCK)
+
+    def _check_no_workers(self, now: float) -> None:
+        limit = self.settings.no_worker_timeout
+        if limit is None or not self.pending or self._ready_workers():
+            self._waiting_since = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since > limit:
+            error = NoWorkersError(
+                f"no worker was connected for {limit:g}s (no_worker_timeout); start workers "
+                f"with: zmqexecutor-worker {self.sink_address}"
+            )
+            while self.pending:
+                item = self.pending.popleft()
+                if item.sends or item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(error)
 
     def _fail_cancelled_queue_if_broken(self) -> None:
         if self.broken is None:
@@ -530,6 +663,13 @@ class Dispatcher(threading.Thread):
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.on_exit()
+
+
+def set_heartbeats(sock: zmq.Socket[bytes], settings: Settings) -> None:
+    """ZMTP heartbeats: libzmq drops a connection whose peer stopped answering."""
+    sock.heartbeat_ivl = int(settings.heartbeat_interval * 1000)
+    sock.heartbeat_timeout = int(settings.heartbeat_timeout * 1000)
+    sock.heartbeat_ttl = int(settings.heartbeat_timeout * 1000)
 
 
 def pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:

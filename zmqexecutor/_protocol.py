@@ -43,6 +43,7 @@ class Kind(enum.IntEnum):
     RESULTS = 4
     BYE = 5
     DIED = 6
+    HEARTBEAT = 7
     # executor -> worker (an inbox) or worker host (its rendezvous socket)
     WELCOME = 16
     TASKS = 17

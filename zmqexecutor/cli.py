@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._defaults import ENV_LOG_LEVEL
+from ._defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, ENV_LOG_LEVEL
 from .errors import ConfigurationError
 
 EPILOG = """\
@@ -66,6 +66,21 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         "them can run code on this host. Use only on a trusted network",
     )
     p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        metavar="S",
+        help="seconds between this host's heartbeats to the executor (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        metavar="S",
+        help="an executor silent this long is gone: its running tasks are abandoned and the "
+        "host waits for the next executor (default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default=os.environ.get(ENV_LOG_LEVEL, "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -85,6 +100,8 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
         parser.error("give the executor's endpoint (EXECUTOR) or --listen ENDPOINT")
     if args.processes is not None and args.processes < 1:
         parser.error("--processes must be at least 1")
+    if not 0 < args.heartbeat_interval < args.heartbeat_timeout:
+        parser.error("need 0 < --heartbeat-interval < --heartbeat-timeout")
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
@@ -97,6 +114,8 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             processes=args.processes,
             advertise=args.advertise,
             insecure=args.insecure,
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_timeout=args.heartbeat_timeout,
         )
     except (ConfigurationError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

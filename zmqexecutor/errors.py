@@ -13,6 +13,7 @@ __all__ = [
     "ResultSerializationError",
     "TaskDeserializationError",
     "TaskSerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "ZmqExecutorError",
 ]
@@ -40,6 +41,10 @@ class WorkerLostError(ZmqExecutorError):
     Deliberately not a BrokenExecutor: the executor and the other workers keep serving.
     The task may have partly run.
     """
+
+
+class TaskTimeoutError(ZmqExecutorError):
+    """The task ran longer than ``task_timeout``; its worker process was killed and replaced."""
 
 
 class TaskSerializationError(ZmqExecutorError):

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import zmq
 
-from ._dispatcher import Dispatcher, WorkItem, pickle_initializer
+from ._defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
+from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer, set_heartbeats
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to
 from ._security import check_exposure
 from ._serialize import FunctionCache, dump_args
@@ -77,6 +78,16 @@ class ZmqExecutor(Executor):
             adaptive: only tasks whose callable is known to run briefly, up to a few
             milliseconds of queued work, so that small tasks are batched and no task waits
             behind a long one; 0 disables prefetching.
+        heartbeat_interval: seconds between the heartbeats of worker hosts (local ones; for
+            remote ones it is their ``--heartbeat-interval``) and of ZMTP connections.
+        heartbeat_timeout: a worker host silent this long is lost: its running tasks fail
+            with WorkerLostError (or are retried, see ``max_retries``).
+        max_retries: re-run a task whose worker was lost while it may have run, on another
+            worker, at most this many more times (at-least-once; default 0: at-most-once).
+        task_timeout: kill a task (and its worker process, which is replaced) that runs
+            longer than this many seconds; its future fails with TaskTimeoutError.
+        no_worker_timeout: fail queued tasks with NoWorkersError when no worker has been
+            connected for this many seconds (default: wait for workers forever).
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -95,6 +106,11 @@ class ZmqExecutor(Executor):
         workers: Iterable[str] | None = None,
         insecure: bool = False,
         prefetch: int | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        max_retries: int = 0,
+        task_timeout: float | None = None,
+        no_worker_timeout: float | None = None,
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -107,6 +123,26 @@ class ZmqExecutor(Executor):
             raise TypeError("initializer must be a callable")
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must be >= 0")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        for name, value in (
+            ("task_timeout", task_timeout),
+            ("no_worker_timeout", no_worker_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or None)")
+        settings = Settings(
+            prefetch=prefetch,
+            max_tasks_per_child=max_tasks_per_child,
+            max_retries=max_retries,
+            task_timeout=task_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            no_worker_timeout=no_worker_timeout,
+            local_workers=max_workers or 0,
+        )
         if listen is not None:
             check_exposure(listen, insecure=insecure, role="listen endpoint")
         for endpoint in worker_list:
@@ -125,6 +161,7 @@ class ZmqExecutor(Executor):
         self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
         sink = self._context.socket(zmq.PULL)
         sink.linger = 0
+        set_heartbeats(sink, settings)
         attach: list[zmq.Socket[bytes]] = []
         try:
             local_sink = f"ipc://{self._dir}/sink"
@@ -139,6 +176,8 @@ class ZmqExecutor(Executor):
             for endpoint in worker_list:
                 sock = self._context.socket(zmq.PUSH)
                 sock.linger = 0
+                sock.sndhwm = 10  # ATTACH is repeated until the host answers
+                set_heartbeats(sock, settings)
                 sock.connect(endpoint)
                 attach.append(sock)
         except (zmq.ZMQError, OSError, ValueError) as e:
@@ -159,6 +198,8 @@ class ZmqExecutor(Executor):
                 log_level=logging.getLevelName(
                     logging.getLogger("zmqexecutor").getEffectiveLevel()
                 ),
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
                 context=self._context,
             )
         self._address = sink_address
@@ -174,10 +215,9 @@ class ZmqExecutor(Executor):
             sink=sink,
             attach=attach,
             sink_address=sink_address,
-            welcome={"max_tasks_per_child": max_tasks_per_child},
+            settings=settings,
             initializer=pickle_initializer(initializer, initargs),
-            prefetch=prefetch,
-            local_workers=max_workers,
+            task_ids=self._task_ids,
             before_detach=partial(_stop_supervisor, supervisor),
             on_exit=partial(
                 _release, self._context, self._supervisor_thread, self._dir, self._mode

@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import _protocol as proto
 from ._defaults import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
     HELLO_INTERVAL,
     RESPAWN_BACKOFF_MAX,
     RESPAWN_BACKOFF_MIN,
@@ -58,8 +61,8 @@ from .errors import TaskDeserializationError
 
 log = logging.getLogger("zmqexecutor.worker")
 
-#: worker process status file: started task id, finished task id, state, session
-_STATUS = struct.Struct("<qqq8s")
+#: worker process status file: started task id, finished task id, state, session, task timeout
+_STATUS = struct.Struct("<qqq8sd")
 STARTING, READY, CLEAN_EXIT, INIT_FAILED = range(4)
 #: callables a worker process keeps; the executor evicts in the same (insertion) order
 FN_SLOTS = 1024
@@ -92,16 +95,32 @@ class _Status:
     def session(self, session: bytes) -> None:
         struct.pack_into("<8s", self._map, 24, session)
 
+    def task_timeout(self, seconds: float) -> None:
+        struct.pack_into("<d", self._map, 32, seconds)
+
+
+@dataclass(frozen=True)
+class StatusReading:
+    started: int
+    finished: int
+    state: int
+    session: bytes
+    task_timeout: float
+
+    @property
+    def running(self) -> int:
+        """The task id running now, or 0."""
+        return self.started if self.started != self.finished else 0
+
+
+def read_status(path: str) -> StatusReading:
+    with open(path, "rb") as f:
+        return StatusReading(*_STATUS.unpack(f.read(_STATUS.size)))
+
 
 def python_version() -> str:
     """The Python minor version; pickled code needs the same one on both sides."""
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def read_status(path: str) -> tuple[int, int, int, bytes]:
-    with open(path, "rb") as f:
-        started, finished, state, session = _STATUS.unpack(f.read(_STATUS.size))
-    return started, finished, state, session
 
 
 class _Stop(Exception):
@@ -173,6 +192,7 @@ class WorkerProcess:
             {
                 "id": self.worker_id,
                 "host": socket.gethostname(),
+                "host_id": self.config["host_id"],
                 "pid": os.getpid(),
                 "inbox": inbox,
                 "slots": 1,
@@ -206,6 +226,7 @@ class WorkerProcess:
     def _initialize(self, welcome: list[zmq.Frame]) -> bool:
         body = proto.parse_control(welcome)
         self.max_tasks = body.get("max_tasks_per_child")
+        self.status.task_timeout(float(body.get("task_timeout") or 0.0))
         if len(welcome) < 3 or len(welcome[2].buffer) == 0:
             return True
         try:
@@ -359,6 +380,10 @@ class _Child:
     status_path: str
     proc: subprocess.Popen[bytes]
     pidfd: int | None
+    #: the running task and since when (for task_timeout)
+    running: int = 0
+    since: float = 0.0
+    timed_out: float = 0.0
 
 
 @dataclass
@@ -389,6 +414,8 @@ class Supervisor:
         respawn_init_failed: bool = True,
         sys_path: list[str] | None = None,
         log_level: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.processes = processes
@@ -402,6 +429,12 @@ class Supervisor:
         self.log_level = log_level or logging.getLevelName(logging.getLogger().level)
         self.slots = [_Slot() for _ in range(processes)]
         self.stopping = False
+        self.host_id = uuid.uuid4().hex[:16]
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._next_heartbeat = 0.0
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._poller = zmq.Poller()
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=local_dir)
@@ -431,7 +464,7 @@ class Supervisor:
     def serve(self) -> None:
         """Run until stopped and every worker process has exited."""
         self._terminate_requested = getattr(self, "_terminate_requested", False)
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._wake_r, zmq.POLLIN)
         if self.rendezvous is not None:
             self._rendezvous_sock = self.ctx.socket(zmq.PULL)
@@ -459,13 +492,16 @@ class Supervisor:
                     os.read(self._wake_r, 4096)
                 if self._rendezvous_sock is not None and self._rendezvous_sock in events:
                     self._on_rendezvous(self._rendezvous_sock.recv_multipart())
+                if self._monitor is not None and self._monitor in events:
+                    self._on_monitor_event()
                 self._reap(poller)
+                self._watch_children()
         finally:
             self._close()
 
     def _poll_timeout(self) -> float:
-        timeout = TICK
         now = time.monotonic()
+        timeout = min(TICK, max(0.0, self._next_heartbeat - now))
         for slot in self.slots:
             if slot.child is None and not slot.retired and slot.not_before > now:
                 timeout = min(timeout, slot.not_before - now)
@@ -480,11 +516,95 @@ class Supervisor:
                 child.proc.send_signal(signum)
 
     def _connect_report(self, sink: str) -> None:
+        """Connect the supervisor's own PUSH to the sink: DIED reports and HEARTBEATs go
+        there, and its ZMTP heartbeats tell us when the executor is gone."""
+        self._close_report()
+        report = self.ctx.socket(zmq.PUSH)
+        report.linger = 1000
+        report.sndhwm = 100  # heartbeats for a missing executor must not pile up
+        report.heartbeat_ivl = int(self.heartbeat_interval * 1000)
+        report.heartbeat_timeout = int(self.heartbeat_timeout * 1000)
+        report.heartbeat_ttl = int(self.heartbeat_timeout * 1000)
+        self._monitor = report.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        report.connect(sink)
+        self._report = report
+        self._next_heartbeat = 0.0
+
+    def _close_report(self) -> None:
+        if self._monitor is not None:
+            self._poller.unregister(self._monitor)
+            assert self._report is not None
+            self._report.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._report is not None:
             self._report.close()
-        self._report = self.ctx.socket(zmq.PUSH)
-        self._report.linger = 1000
-        self._report.connect(sink)
+            self._report = None
+
+    def _on_monitor_event(self) -> None:
+        """The connection to the executor broke (it died, or the network did): the session
+        is over. Running tasks are abandoned; fresh worker processes wait for the next one."""
+        assert self._monitor is not None
+        with contextlib.suppress(zmq.Again):
+            while True:
+                recv_monitor_message(self._monitor, zmq.NOBLOCK)
+        if self.stopping:
+            return  # our own shutdown closed the connection
+        abandoned = 0
+        for child in self._children():
+            if read_status(child.status_path).session != proto.NO_SESSION:
+                child.proc.kill()
+                abandoned += 1
+        log.warning(
+            "lost the executor at %s; abandoned %d worker process(es) of its session",
+            self.sink,
+            abandoned,
+        )
+        if self.rendezvous is not None:
+            self.sink = None  # mode 3: wait for the next ATTACH
+            self._close_report()
+
+    def _send_heartbeat(self) -> None:
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        if self._report is None:
+            return
+        body = {
+            "host_id": self.host_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "interval": self.heartbeat_interval,
+            "workers": [c.worker_id for c in self._children()],
+        }
+        with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
+            self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
+
+    def _watch_children(self) -> None:
+        """Heartbeat on time, and kill a worker process whose task ran past its timeout."""
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._send_heartbeat()
+        for child in self._children():
+            try:
+                status = read_status(child.status_path)
+            except OSError:
+                continue
+            if status.running != child.running:
+                child.running, child.since = status.running, now
+            elif (
+                status.running
+                and status.task_timeout > 0
+                and now - child.since > status.task_timeout
+                and not child.timed_out
+            ):
+                log.warning(
+                    "task %d ran past its timeout of %gs: killing worker process %d",
+                    status.running,
+                    status.task_timeout,
+                    child.proc.pid,
+                )
+                child.timed_out = status.task_timeout
+                child.proc.kill()
 
     def _on_rendezvous(self, frames: list[bytes]) -> None:
         try:
@@ -500,7 +620,7 @@ class Supervisor:
             except ValueError as e:
                 log.warning("ATTACH with a bad sink address: %s", e)
                 return
-            if sink != self.sink:
+            if sink != self.sink or self._report is None:
                 log.info("executor at %s attached", sink)
                 if self._children():
                     log.warning("a new executor replaces the previous one; stopping its workers")
@@ -525,7 +645,7 @@ class Supervisor:
         worker_id = uuid.uuid4().hex[:16]
         status_path = os.path.join(self._status_dir, worker_id)
         with open(status_path, "wb") as f:
-            f.write(_STATUS.pack(0, 0, STARTING, proto.NO_SESSION))
+            f.write(_STATUS.pack(0, 0, STARTING, proto.NO_SESSION, 0.0))
         if self.local_dir is not None:
             inbox = f"ipc://{self.local_dir}/w-{worker_id}"
             advertise = None
@@ -535,6 +655,7 @@ class Supervisor:
             advertise = self.advertise or parse_endpoint(concrete(inbox, sink_host)).host
         config = {
             "worker_id": worker_id,
+            "host_id": self.host_id,
             "sink": sink,
             "inbox": inbox,
             "advertise": advertise,
@@ -566,31 +687,32 @@ class Supervisor:
             if child.pidfd is not None:
                 poller.unregister(child.pidfd)
                 os.close(child.pidfd)
-            started, finished, state, session = read_status(child.status_path)
+            status = read_status(child.status_path)
             os.unlink(child.status_path)
             code = child.proc.returncode
-            if state == CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
+            if status.state == CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
                 slot.failures = 0
                 continue
-            if state == INIT_FAILED:
+            if status.state == INIT_FAILED:
                 slot.retired = not self.respawn_init_failed
-            elif state == READY and not self.stopping:
+            elif status.state == READY:
                 slot.failures = 0
-            self._report_death(child, code, started, finished, state, session)
-            if state != READY:
+            self._report_death(child, code, status)
+            if status.state != READY:
                 slot.failures += 1
                 slot.not_before = time.monotonic() + min(
                     RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2 ** (slot.failures - 1)
                 )
 
-    def _report_death(
-        self, child: _Child, code: int, started: int, finished: int, state: int, session: bytes
-    ) -> None:
-        if state == INIT_FAILED:
+    def _report_death(self, child: _Child, code: int, status: StatusReading) -> None:
+        if status.state == INIT_FAILED:
             return  # the worker process reported it itself
         how = describe_exit(code)
-        running = started if started != finished else 0
-        log.warning("worker process %d %s (running task %s)", child.proc.pid, how, running or "-")
+        if child.timed_out:
+            how = f"was killed because its task ran past task_timeout={child.timed_out:g}s"
+        log.warning(
+            "worker process %d %s (running task %s)", child.proc.pid, how, status.running or "-"
+        )
         if self._report is None:
             return
         body = {
@@ -598,14 +720,15 @@ class Supervisor:
             "pid": child.proc.pid,
             "host": socket.gethostname(),
             "exit": how,
-            "running": running,
-            "last_started": started,
+            "running": status.running,
+            "last_started": status.started,
+            "timeout": child.timed_out,
         }
-        self._report.send_multipart(proto.control(Kind.DIED, body, session))
+        with contextlib.suppress(zmq.Again):
+            self._report.send_multipart(proto.control(Kind.DIED, body, status.session), zmq.NOBLOCK)
 
     def _close(self) -> None:
-        if self._report is not None:
-            self._report.close()
+        self._close_report()
         if self._rendezvous_sock is not None:
             self._rendezvous_sock.close()
         if self._own_context:
@@ -644,6 +767,8 @@ def run_worker(
     processes: int | None = None,
     advertise: str | None = None,
     insecure: bool = False,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -656,6 +781,8 @@ def run_worker(
         advertise: the host name or address the executor should use to reach this host
             (behind NAT or in a container).
         insecure: allow unauthenticated sockets on non-loopback addresses.
+        heartbeat_interval: seconds between this host's heartbeats to the executor.
+        heartbeat_timeout: an executor silent this long is gone; its tasks are abandoned.
 
     Returns:
         0 after a clean stop (SIGTERM lets running tasks finish first).
@@ -692,6 +819,8 @@ def run_worker(
         rendezvous=listen if executor is None else None,
         inbox_host=inbox_host,
         advertise=advertise,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
     )
     interrupts = 0
 
