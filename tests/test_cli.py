@@ -14,6 +14,7 @@ import pytest
 from conftest import RESULT_TIMEOUT, Gates
 
 from zmqexecutor import ConfigurationError, ZmqExecutor
+from zmqexecutor._security import new_token
 
 WORKER = [sys.executable, "-m", "zmqexecutor", "worker"]
 # TEST-NET-1 (RFC 5737): never routed; the configuration is refused before any socket exists.
@@ -42,8 +43,11 @@ def test_help_documents_every_flag() -> None:
         (("tcp://127.0.0.1:5555", "--processes", "0"), "--processes must be at least 1"),
         (("--bogus",), "unrecognized arguments"),
         (("nonsense",), "not a ZeroMQ endpoint"),
-        ((REMOTE,), "insecure"),
-        (("--listen", "tcp://0.0.0.0:5556"), "insecure"),
+        ((REMOTE,), "token"),
+        ((REMOTE, "--insecure"), "only allows loopback"),
+        (("--listen", "tcp://0.0.0.0:5556"), "zmqexecutor token"),
+        (("tcp://127.0.0.1:5555",), "insecure=True"),
+        (("tcp://127.0.0.1:5555", "--token-file", "/nonexistent/token"), "cannot read"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], message: str) -> None:
@@ -52,16 +56,22 @@ def test_bad_arguments_exit_2_with_a_message(args: tuple[str, ...], message: str
     assert message in proc.stderr
 
 
-def test_executor_refuses_exposed_endpoints_without_insecure() -> None:
-    with pytest.raises(ConfigurationError, match="insecure=True"):
+def test_executor_refuses_unauthenticated_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZMQEXECUTOR_TOKEN", raising=False)
+    monkeypatch.delenv("ZMQEXECUTOR_TOKEN_FILE", raising=False)
+    with pytest.raises(ConfigurationError, match="zmqexecutor token"):
         ZmqExecutor(listen="tcp://0.0.0.0:5555")
-    with pytest.raises(ConfigurationError, match="insecure=True"):
+    with pytest.raises(ConfigurationError, match="only allows loopback"):
+        ZmqExecutor(listen="tcp://0.0.0.0:5555", insecure=True)
+    with pytest.raises(ConfigurationError, match="zmqexecutor token"):
         ZmqExecutor(workers=[REMOTE])
+    with pytest.raises(ConfigurationError, match="insecure=True"):
+        ZmqExecutor(listen="tcp://127.0.0.1:5555")
 
 
 def test_insecure_opt_in_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="zmqexecutor"):
-        ex = ZmqExecutor(listen="tcp://0.0.0.0:*", insecure=True)
+        ex = ZmqExecutor(listen="tcp://127.0.0.1:*", insecure=True)
         ex.shutdown()
     assert "UNAUTHENTICATED" in caplog.text
 
@@ -75,8 +85,13 @@ def test_max_workers_must_be_positive(max_workers: int) -> None:
 @pytest.mark.timeout(90)
 def test_sigterm_lets_the_running_task_finish(gates: Gates) -> None:
     """SIGTERM to a worker host: its running task completes and reports, then exit 0."""
-    with ZmqExecutor(listen="tcp://127.0.0.1:*") as ex:
-        env = {**os.environ, "PYTHONPATH": str(Path(cc.__file__).parent)}
+    token = new_token()
+    with ZmqExecutor(listen="tcp://127.0.0.1:*", token=token) as ex:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(cc.__file__).parent),
+            "ZMQEXECUTOR_TOKEN": token,
+        }
         worker = subprocess.Popen([*WORKER, ex.address, "--processes", "1"], env=env)
         try:
             gate = gates("drain")

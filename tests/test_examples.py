@@ -34,8 +34,8 @@ def test_quickstart() -> None:
 
 @pytest.mark.timeout(120)
 def test_remote_workers_on_loopback() -> None:
-    out = run_example("remote_workers.py", "tcp://127.0.0.1:*")
-    assert "tasks per host:" in out
+    out = run_example("remote_workers.py")
+    assert "tasks per worker host:" in out
 
 
 def test_every_example_is_tested() -> None:

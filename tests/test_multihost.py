@@ -28,6 +28,8 @@ from netns import (
     wait_until,
 )
 
+from zmqexecutor._security import write_token_file
+
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
 N_ITEMS = 200
@@ -227,12 +229,13 @@ def test_mode2_workers_join_listening_executor(netns_lab: NetnsLab, tmp_path: Pa
     assert len(worker_netns) == 2
     endpoint = f"tcp://{exec_host.ip}:5555"
     cluster = Cluster(netns_lab, tmp_path)
+    token = str(write_token_file(tmp_path / "secret" / "token"))
 
     executor = cluster.start_executor(
-        exec_host, {"listen": endpoint, "insecure": True}, worker_netns
+        exec_host, {"listen": endpoint, "token_file": token}, worker_netns
     )
     for host in hosts:
-        cluster.start_worker(host, endpoint, "--processes", "2", "--insecure")
+        cluster.start_worker(host, endpoint, "--processes", "2", "--token-file", token)
 
     check_report(cluster.wait_executor(executor), worker_netns)
     cluster.stop_workers()
@@ -244,14 +247,15 @@ def test_mode3_executor_connects_to_listening_workers(netns_lab: NetnsLab, tmp_p
     worker_netns = {h.netns_id() for h in hosts}
     assert len(worker_netns) == 2
     cluster = Cluster(netns_lab, tmp_path)
+    token = str(write_token_file(tmp_path / "secret" / "token"))
 
     for host in hosts:
         cluster.start_worker(
-            host, "--listen", "tcp://0.0.0.0:5556", "--processes", "1", "--insecure"
+            host, "--listen", "tcp://0.0.0.0:5556", "--processes", "1", "--token-file", token
         )
     executor = cluster.start_executor(
         exec_host,
-        {"workers": [f"tcp://{h.ip}:5556" for h in hosts], "insecure": True},
+        {"workers": [f"tcp://{h.ip}:5556" for h in hosts], "token_file": token},
         worker_netns,
     )
 

@@ -76,7 +76,7 @@ class WorkerProcess:
         )
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zmqexecutor", "worker", address, "--processes", "1"],
+            [sys.executable, "-m", "zmqexecutor", "worker", address, "-n", "1", "--insecure"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -107,7 +107,7 @@ def test_late_worker_gets_queued_work(
     make_executor: Callable[..., ZmqExecutor], gates: Gates, tmp_path: Path
 ) -> None:
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
-    ex = make_executor(listen=address)  # no local workers
+    ex = make_executor(listen=address, insecure=True)  # no local workers
     workers: list[WorkerProcess] = []
     try:
         w1 = WorkerProcess(address, tmp_path / "worker1.log")

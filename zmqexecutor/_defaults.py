@@ -41,3 +41,10 @@ TICK = 0.5
 NO_WORKER_WARNING = 10.0
 
 ENV_LOG_LEVEL = "ZMQEXECUTOR_LOG_LEVEL"
+ENV_TOKEN = "ZMQEXECUTOR_TOKEN"
+ENV_TOKEN_FILE = "ZMQEXECUTOR_TOKEN_FILE"
+DEFAULT_TOKEN_FILE = "~/.zmqexecutor/token"
+
+#: largest frame accepted on any socket (ZMQ_MAXMSGSIZE is per frame); larger tasks and
+#: results fail on their future instead
+DEFAULT_MAX_MESSAGE_SIZE = 2**30

@@ -38,18 +38,21 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_MESSAGE_SIZE,
     DURATIONS_KEPT,
     LOST_RESULT_GRACE,
     MAX_PREFETCH,
     NO_WORKER_WARNING,
     PREFETCH_BACKLOG,
     PREFETCH_BUDGET,
+    PROTOCOL_VERSION,
     TICK,
 )
 from ._protocol import Kind
+from ._security import Security
 from ._serialize import load_result
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
-from .worker import FN_SLOTS, python_version
+from .worker import FN_SLOTS, version_mismatch
 
 if TYPE_CHECKING:
     from .executor import ZmqExecutor
@@ -69,6 +72,7 @@ class Settings:
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     no_worker_timeout: float | None = None
     local_workers: int = 0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     def welcome(self) -> dict[str, Any]:
         """What every worker process is told when it registers."""
@@ -76,6 +80,7 @@ class Settings:
             "max_tasks_per_child": self.max_tasks_per_child,
             "task_timeout": self.task_timeout,
             "heartbeat_interval": self.heartbeat_interval,
+            "max_message_size": self.max_message_size,
         }
 
 
@@ -147,6 +152,7 @@ class Dispatcher(threading.Thread):
         attach: list[zmq.Socket[bytes]],
         sink_address: str,
         settings: Settings,
+        security: Security,
         initializer: bytes,
         task_ids: Iterator[int],
         before_detach: Callable[[], None],
@@ -159,6 +165,7 @@ class Dispatcher(threading.Thread):
         self.attach = attach
         self.sink_address = sink_address
         self.settings = settings
+        self.security = security
         self.welcome = settings.welcome()
         self.initializer = initializer
         self.prefetch = settings.prefetch
@@ -188,6 +195,7 @@ class Dispatcher(threading.Thread):
         self._no_worker_since: float | None = None
         self._waiting_since: float | None = None
         self.protocol_errors = 0
+        self.discarded_results = 0
 
     # -- called from other threads ----------------------------------------------------
 
@@ -320,12 +328,25 @@ class Dispatcher(threading.Thread):
                 w.functions[item.digest] = None
                 if len(w.functions) > FN_SLOTS:
                     w.functions.popitem(last=False)
-        frames = proto.encode_tasks(
-            self.session,
-            functions,
-            [(i.task_id, i.digest, i.payload, i.buffers) for i in items],
-        )
+        tasks = [(i.task_id, i.digest, i.payload, i.buffers) for i in items]
         w.sent += len(items)
+        # ZMQ_MAXMSGSIZE bounds each frame: keep every message's blob under the limit
+        limit = self.settings.max_message_size
+        start, size = 0, sum(len(data) for _, data in functions)
+        for end, task in enumerate(tasks):
+            if end > start and size + len(task[2]) > limit:
+                self._send(w, functions, tasks[start:end])
+                functions, start, size = [], end, 0
+            size += len(task[2])
+        self._send(w, functions, tasks[start:])
+
+    def _send(
+        self,
+        w: WorkerRecord,
+        functions: list[tuple[bytes, bytes]],
+        tasks: list[tuple[int, bytes, bytes, list[Any]]],
+    ) -> None:
+        frames = proto.encode_tasks(self.session, functions, tasks)
         w.push.send_multipart(frames, copy=len(frames) == 3)
 
     # -- receiving ----------------------------------------------------------------------
@@ -338,9 +359,16 @@ class Dispatcher(threading.Thread):
                 return
             try:
                 self._on_message(frames)
+            except proto.VersionMismatch as e:
+                self.protocol_errors += 1
+                self._refuse_other_version(frames, e)
             except proto.ProtocolError as e:
                 self.protocol_errors += 1
                 log.warning("dropped a bad message: %s", e)
+            except (KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+                # a body that parses but does not make sense: never let input kill the loop
+                self.protocol_errors += 1
+                log.warning("dropped a malformed message: %s: %s", type(e).__name__, e)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         kind, session, _ = proto.parse_header(frames[0].buffer)
@@ -353,7 +381,7 @@ class Dispatcher(threading.Thread):
         if session != self.session:
             raise proto.ProtocolError(f"{kind.name} from another session")
         if kind is Kind.RESULTS:
-            self._on_results(proto.decode_results([f.buffer for f in frames]))
+            self._on_results(*proto.decode_results([f.buffer for f in frames]))
             return
         body = proto.parse_control(frames)
         w = self.workers.get(str(body.get("id")))
@@ -378,21 +406,15 @@ class Dispatcher(threading.Thread):
         worker_id = str(body.get("id"))
         if worker_id in self.workers:
             return  # a repeated HELLO; WELCOME is on its way
-        python = python_version()
-        if body.get("python") != python:
-            log.error(
-                "refused worker %s pid %s: it runs Python %s, this executor %s; "
-                "pickled callables need the same Python minor version on both sides",
-                body.get("host"),
-                body.get("pid"),
-                body.get("python"),
-                python,
-            )
+        mismatch = version_mismatch(body)
+        if mismatch:
+            self._refuse(body, mismatch)
             return
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
         set_heartbeats(push, self.settings)
+        self.security.client(push)
         try:
             push.connect(str(body["inbox"]))
         except (KeyError, zmq.ZMQError) as e:
@@ -414,12 +436,42 @@ class Dispatcher(threading.Thread):
         )
         log.info("%s joined (inbox %s)", w.describe(), body.get("inbox"))
 
-    def _on_results(self, results: list[proto.ResultRecord]) -> None:
+    def _refuse(self, body: dict[str, Any], reason: str) -> None:
+        """Tell a worker that cannot work with us why, once, and forget it."""
+        log.error("refused worker %s pid %s: %s", body.get("host"), body.get("pid"), reason)
+        inbox = body.get("inbox")
+        if not isinstance(inbox, str):
+            return
+        push = self.ctx.socket(zmq.PUSH)
+        self.security.client(push)
+        try:
+            push.connect(inbox)
+            push.send_multipart(proto.control(Kind.REFUSE, {"reason": reason}), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        finally:
+            push.close(linger=1000)
+
+    def _refuse_other_version(self, frames: list[zmq.Frame], e: proto.VersionMismatch) -> None:
+        if e.kind != Kind.HELLO:
+            log.warning("dropped a message of protocol version %d", e.version)
+            return
+        body = proto.parse_control(frames)
+        self._refuse(
+            body,
+            f"the worker speaks protocol version {e.version}, this executor "
+            f"{PROTOCOL_VERSION}: install the same zmqexecutor version on both sides",
+        )
+
+    def _on_results(self, sender: bytes, results: list[proto.ResultRecord]) -> None:
         for record in results:
-            w = self.owner.pop(record.task_id, None)
-            if w is None:
-                log.debug("discarded a result for task %d that is not outstanding", record.task_id)
+            w = self.owner.get(record.task_id)
+            if w is None or w.worker_id.encode() != sender:
+                # late (its worker was declared lost), replayed, or misdirected
+                self.discarded_results += 1
+                log.info("discarded a result for task %d: not outstanding there", record.task_id)
                 continue
+            del self.owner[record.task_id]
             item = w.outstanding.pop(record.task_id)
             self._release(w, item)
             self._learn_duration(item.digest, record.duration)

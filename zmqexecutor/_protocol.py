@@ -49,6 +49,7 @@ class Kind(enum.IntEnum):
     TASKS = 17
     DETACH = 18
     ATTACH = 19
+    REFUSE = 20  #: registration refused (versions); kept stable across protocol versions
 
 
 class Status(enum.IntEnum):
@@ -59,6 +60,15 @@ class Status(enum.IntEnum):
 
 class ProtocolError(ValueError):
     """A message that does not follow the wire format; it is dropped."""
+
+
+class VersionMismatch(ProtocolError):
+    """A well-formed header of another protocol version."""
+
+    def __init__(self, version: int, kind: int) -> None:
+        super().__init__(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+        self.version = version
+        self.kind = kind
 
 
 @dataclass(slots=True)
@@ -91,7 +101,7 @@ def parse_header(frame: bytes | memoryview) -> tuple[Kind, bytes, int]:
     if magic != MAGIC:
         raise ProtocolError("bad magic")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+        raise VersionMismatch(version, kind)
     try:
         return Kind(kind), session, count
     except ValueError:
@@ -188,8 +198,12 @@ def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[T
 # -- results -------------------------------------------------------------------------
 
 
-def encode_results(session: bytes, results: Sequence[ResultRecord]) -> list[Any]:
-    index = []
+#: RESULTS index frame: the sending worker's id, then one record per result
+SENDER = struct.Struct("<16s")
+
+
+def encode_results(session: bytes, sender: bytes, results: Sequence[ResultRecord]) -> list[Any]:
+    index = [SENDER.pack(sender)]
     blob = []
     buffers: list[Any] = []
     for r in results:
@@ -202,11 +216,16 @@ def encode_results(session: bytes, results: Sequence[ResultRecord]) -> list[Any]
     return [header(Kind.RESULTS, session, len(results)), b"".join(index), b"".join(blob), *buffers]
 
 
-def decode_results(frames: Sequence[Any]) -> list[ResultRecord]:
+def decode_results(frames: Sequence[Any]) -> tuple[bytes, list[ResultRecord]]:
+    """Return (sender worker id, records) or raise ProtocolError."""
     if len(frames) < 3:
         raise ProtocolError(f"RESULTS message with {len(frames)} frames")
     index = memoryview(frames[1])
     blob = memoryview(frames[2])
+    if len(index) < SENDER.size:
+        raise ProtocolError("RESULTS index without a sender")
+    (sender,) = SENDER.unpack_from(index, 0)
+    index = index[SENDER.size :]
     if len(index) % _RESULT_RECORD.size:
         raise ProtocolError("RESULTS index has a partial record")
     results = []
@@ -230,4 +249,4 @@ def decode_results(frames: Sequence[Any]) -> list[ResultRecord]:
         frame_no += n_bufs
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("RESULTS lengths do not match the frames")
-    return results
+    return sender, results

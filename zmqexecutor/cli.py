@@ -8,7 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, ENV_LOG_LEVEL
+from ._defaults import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_TOKEN_FILE,
+    ENV_LOG_LEVEL,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+)
 from .errors import ConfigurationError
 
 EPILOG = """\
@@ -60,10 +67,21 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         help="worker processes to run (default: one per core: %(default)s means os.cpu_count())",
     )
     p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"file holding the executor's token (mode 0600; default: ${ENV_TOKEN}, then "
+        f"the file named by ${ENV_TOKEN_FILE}); create one with `python -m zmqexecutor token`",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the token itself; avoid on shared hosts: other users can read command lines",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow unauthenticated sockets on non-loopback addresses: anyone who can reach "
-        "them can run code on this host. Use only on a trusted network",
+        help="allow a loopback endpoint without a token (any user of this host could then "
+        "run code here); never allowed for non-loopback endpoints",
     )
     p.add_argument(
         "--heartbeat-interval",
@@ -107,6 +125,12 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if args.token is not None:
+        logging.getLogger("zmqexecutor.security").warning(
+            "--token is visible to other users of this host in the process list; "
+            "prefer --token-file or $%s",
+            ENV_TOKEN,
+        )
     try:
         return run_worker(
             args.executor,
@@ -116,18 +140,53 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             insecure=args.insecure,
             heartbeat_interval=args.heartbeat_interval,
             heartbeat_timeout=args.heartbeat_timeout,
+            token=args.token,
+            token_file=args.token_file,
         )
     except (ConfigurationError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
+def token_main(argv: Sequence[str] | None = None, prog: str = "python -m zmqexecutor token") -> int:
+    """``python -m zmqexecutor token [PATH]``: write a new token file (mode 0600)."""
+    from ._security import write_token_file
+
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Create a new random token for an executor and its workers. The file is "
+        "created with mode 0600 in a 0700 directory; the token itself is never printed. Copy "
+        "the file to every worker host and pass it with token_file= / --token-file.",
+    )
+    p.add_argument("path", nargs="?", default=DEFAULT_TOKEN_FILE, help="(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing token file")
+    args = p.parse_args(argv)
+    try:
+        path = write_token_file(args.path, force=args.force)
+    except (ConfigurationError, OSError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    print(path)
+    return 0
+
+
+USAGE = """usage: python -m zmqexecutor COMMAND [options]
+
+commands:
+  worker   run worker processes for an executor (same as zmqexecutor-worker)
+  token    create a token file for the executor and its workers (alias: keygen)
+
+`python -m zmqexecutor COMMAND --help` describes each."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m zmqexecutor worker ...``."""
+    """``python -m zmqexecutor worker|token ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m zmqexecutor worker [options]   (see: worker --help)")
+        print(USAGE)
         return 0 if argv else 2
-    if argv[0] != "worker":
-        print(f"python -m zmqexecutor: unknown command {argv[0]!r}; try: worker --help")
-        return 2
-    return worker_main(argv[1:], prog="python -m zmqexecutor worker")
+    command, rest = argv[0], argv[1:]
+    if command == "worker":
+        return worker_main(rest, prog="python -m zmqexecutor worker")
+    if command in ("token", "keygen"):
+        return token_main(rest, prog=f"python -m zmqexecutor {command}")
+    print(f"python -m zmqexecutor: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

@@ -11,9 +11,11 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ResultSerializationError",
+    "ResultTooLargeError",
     "TaskDeserializationError",
     "TaskSerializationError",
     "TaskTimeoutError",
+    "TaskTooLargeError",
     "WorkerLostError",
     "ZmqExecutorError",
 ]
@@ -41,6 +43,14 @@ class WorkerLostError(ZmqExecutorError):
     Deliberately not a BrokenExecutor: the executor and the other workers keep serving.
     The task may have partly run.
     """
+
+
+class TaskTooLargeError(ZmqExecutorError):
+    """The pickled call is larger than ``max_message_size``; nothing was sent."""
+
+
+class ResultTooLargeError(ZmqExecutorError):
+    """The task ran, but its pickled result is larger than ``max_message_size``."""
 
 
 class TaskTimeoutError(ZmqExecutorError):

@@ -20,12 +20,21 @@ from typing import Any, TypeVar
 
 import zmq
 
-from ._defaults import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
+from ._defaults import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+)
 from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer, set_heartbeats
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to
-from ._security import check_exposure
+from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
-from .errors import BrokenZmqExecutor, ConfigurationError, TaskSerializationError
+from .errors import (
+    BrokenZmqExecutor,
+    ConfigurationError,
+    TaskSerializationError,
+    TaskTooLargeError,
+)
 from .worker import Supervisor
 
 log = logging.getLogger("zmqexecutor.executor")
@@ -73,7 +82,8 @@ class ZmqExecutor(Executor):
         listen: endpoint the executor binds for workers to connect to
             (e.g. ``"tcp://0.0.0.0:5555"``).
         workers: endpoints of worker hosts started with ``--listen`` to connect to.
-        insecure: allow unauthenticated sockets on non-loopback addresses (logs a warning).
+        insecure: allow loopback TCP endpoints without a token (logs a warning; any user of
+            this machine could connect). Never allows non-loopback endpoints.
         prefetch: tasks a worker process may hold beyond the one it runs. None (default):
             adaptive: only tasks whose callable is known to run briefly, up to a few
             milliseconds of queued work, so that small tasks are batched and no task waits
@@ -88,6 +98,13 @@ class ZmqExecutor(Executor):
             longer than this many seconds; its future fails with TaskTimeoutError.
         no_worker_timeout: fail queued tasks with NoWorkersError when no worker has been
             connected for this many seconds (default: wait for workers forever).
+        token: the shared secret of the executor and its remote workers; every TCP socket
+            then uses CurveZMQ (encrypted, authenticated). Default: ``token_file``, then
+            $ZMQEXECUTOR_TOKEN, then the file named by $ZMQEXECUTOR_TOKEN_FILE. Required for
+            non-loopback endpoints; create one with ``python -m zmqexecutor token``.
+        token_file: a file holding the token (must not be readable by others).
+        max_message_size: largest task or result frame in bytes; a larger task fails with
+            TaskTooLargeError, a larger result with ResultTooLargeError.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -111,6 +128,9 @@ class ZmqExecutor(Executor):
         max_retries: int = 0,
         task_timeout: float | None = None,
         no_worker_timeout: float | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -123,6 +143,8 @@ class ZmqExecutor(Executor):
             raise TypeError("initializer must be a callable")
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must be >= 0")
+        if max_message_size < 1024:
+            raise ValueError("max_message_size must be at least 1024 bytes")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         if not 0 < heartbeat_interval < heartbeat_timeout:
@@ -142,13 +164,22 @@ class ZmqExecutor(Executor):
             heartbeat_timeout=heartbeat_timeout,
             no_worker_timeout=no_worker_timeout,
             local_workers=max_workers or 0,
+            max_message_size=max_message_size,
         )
+        # Local mode is ipc:// only and needs no token; any TCP endpoint does (or insecure).
+        remote = bool(listen or worker_list)
+        security = Security(resolve_token(token, token_file) if remote else None)
         if listen is not None:
-            check_exposure(listen, insecure=insecure, role="listen endpoint")
+            check_exposure(
+                listen, secure=security.enabled, insecure=insecure, role="listen endpoint"
+            )
         for endpoint in worker_list:
-            check_exposure(endpoint, insecure=insecure, role="worker endpoint")
+            check_exposure(
+                endpoint, secure=security.enabled, insecure=insecure, role="worker endpoint"
+            )
 
         self._max_workers = max_workers
+        self._max_message_size = max_message_size
         self._mode = "listen" if listen else "workers" if worker_list else "local"
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
@@ -158,10 +189,14 @@ class ZmqExecutor(Executor):
         self._functions_lock = threading.Lock()
 
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._security = security
+        security.start(self._context)
         self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
         sink = self._context.socket(zmq.PULL)
         sink.linger = 0
+        sink.maxmsgsize = max_message_size
         set_heartbeats(sink, settings)
+        security.server(sink)
         attach: list[zmq.Socket[bytes]] = []
         try:
             local_sink = f"ipc://{self._dir}/sink"
@@ -178,11 +213,13 @@ class ZmqExecutor(Executor):
                 sock.linger = 0
                 sock.sndhwm = 10  # ATTACH is repeated until the host answers
                 set_heartbeats(sock, settings)
+                security.client(sock)
                 sock.connect(endpoint)
                 attach.append(sock)
         except (zmq.ZMQError, OSError, ValueError) as e:
             for sock in [sink, *attach]:
                 sock.close(linger=0)
+            security.stop()
             self._context.term()
             shutil.rmtree(self._dir, ignore_errors=True)
             raise ConfigurationError(f"cannot set up the executor's sockets: {e}") from e
@@ -200,6 +237,7 @@ class ZmqExecutor(Executor):
                 ),
                 heartbeat_interval=heartbeat_interval,
                 heartbeat_timeout=heartbeat_timeout,
+                token=resolve_token(token, token_file) if security.enabled else None,
                 context=self._context,
             )
         self._address = sink_address
@@ -216,11 +254,12 @@ class ZmqExecutor(Executor):
             attach=attach,
             sink_address=sink_address,
             settings=settings,
+            security=security,
             initializer=pickle_initializer(initializer, initargs),
             task_ids=self._task_ids,
             before_detach=partial(_stop_supervisor, supervisor),
             on_exit=partial(
-                _release, self._context, self._supervisor_thread, self._dir, self._mode
+                _release, self._context, security, self._supervisor_thread, self._dir, self._mode
             ),
         )
         if self._supervisor_thread is not None:
@@ -269,6 +308,17 @@ class ZmqExecutor(Executor):
                 )
             )
             future.exception().__cause__ = e  # type: ignore[union-attr]
+            return future
+        size = max(len(fn_bytes) + len(payload), *(memoryview(b).nbytes for b in buffers), 0)
+        if size > self._max_message_size:
+            future.set_exception(
+                TaskTooLargeError(
+                    f"the call to {getattr(fn, '__qualname__', fn)!r} pickles to a frame of "
+                    f"{size} bytes, over max_message_size={self._max_message_size}; nothing was "
+                    "sent. Pass large data another way (a file, shared storage) or raise "
+                    "max_message_size"
+                )
+            )
             return future
         item = WorkItem(future, task_id, digest, fn_bytes, payload, buffers)
         with self._shutdown_lock:
@@ -360,6 +410,7 @@ def _stop_supervisor(supervisor: Supervisor | None) -> None:
 
 def _release(
     context: zmq.Context[zmq.Socket[bytes]],
+    security: Security,
     supervisor_thread: threading.Thread | None,
     directory: str,
     mode: str,
@@ -367,6 +418,7 @@ def _release(
     """Runs on the dispatcher thread once it has sent DETACH to every worker."""
     if supervisor_thread is not None and supervisor_thread.is_alive():
         supervisor_thread.join()
+    security.stop()
     context.term()
     shutil.rmtree(directory, ignore_errors=True)
     log.debug("%s executor released its resources", mode)

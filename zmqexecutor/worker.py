@@ -35,11 +35,12 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -47,6 +48,8 @@ from . import _protocol as proto
 from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ENV_TOKEN,
     HELLO_INTERVAL,
     RESPAWN_BACKOFF_MAX,
     RESPAWN_BACKOFF_MIN,
@@ -56,18 +59,23 @@ from ._defaults import (
 )
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to
 from ._protocol import Kind, ResultRecord
+from ._security import Security, check_exposure, resolve_token
 from ._serialize import error_result, exception_result, load_args, loads, value_result
-from .errors import TaskDeserializationError
+from .errors import ConfigurationError, ResultTooLargeError, TaskDeserializationError
 
 log = logging.getLogger("zmqexecutor.worker")
 
 #: worker process status file: started task id, finished task id, state, session, task timeout
 _STATUS = struct.Struct("<qqq8sd")
-STARTING, READY, CLEAN_EXIT, INIT_FAILED = range(4)
+STARTING, READY, CLEAN_EXIT, INIT_FAILED, REFUSED = range(5)
 #: callables a worker process keeps; the executor evicts in the same (insertion) order
 FN_SLOTS = 1024
 #: exit code of a worker process whose initializer failed
 EXIT_INIT_FAILED = 3
+#: exit code of a worker process (and its host) that the executor refused (versions)
+EXIT_REFUSED = 4
+#: task ids a worker process remembers, so that a replayed task never runs twice
+SEEN_TASKS = 65536
 
 
 # -- one worker process -----------------------------------------------------------------
@@ -123,8 +131,30 @@ def python_version() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def cloudpickle_major() -> str:
+    return str(cloudpickle.__version__).split(".")[0]
+
+
+def version_mismatch(hello: dict[str, Any]) -> str | None:
+    """Why a worker that said ``hello`` cannot run our pickles, naming both sides; or None."""
+    ours = {"python": python_version(), "cloudpickle": cloudpickle_major()}
+    for name, mine in ours.items():
+        theirs = hello.get(name)
+        if theirs != mine:
+            what = "Python" if name == "python" else "cloudpickle major version"
+            return (
+                f"the worker runs {what} {theirs}, this executor {mine}; pickled callables "
+                f"need the same {what} on both sides"
+            )
+    return None
+
+
 class _Stop(Exception):
     """Raised by the SIGTERM handler in a worker process that is not running a task."""
+
+
+class _Refused(Exception):
+    """The executor refused this worker (versions differ): a person must act."""
 
 
 class WorkerProcess:
@@ -142,10 +172,19 @@ class WorkerProcess:
         self.busy = False
         self.closing = False  #: past the point where SIGTERM may interrupt us
         self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
+        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self.seen: set[int] = set()
+        self.seen_order: deque[int] = deque()
         self.ctx = zmq.Context()
+        token = os.environ.get(ENV_TOKEN) if config.get("secure") else None
+        self.security = Security(token)
+        self.security.start(self.ctx)
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.linger = 0
+        self.inbox.maxmsgsize = DEFAULT_MAX_MESSAGE_SIZE
+        self.security.server(self.inbox)
         self.sink = self.ctx.socket(zmq.PUSH)
+        self.security.client(self.sink)
         # results are flushed before a clean exit; a dead executor must not hang us forever
         self.sink.linger = int(WORKER_EXIT_TIMEOUT * 1000)
         # queue HELLOs only on a live connection, so a late executor gets no backlog of them
@@ -160,10 +199,15 @@ class WorkerProcess:
                 self._say_bye()
             self.status.state(CLEAN_EXIT)
             return 0
+        except _Refused as e:
+            log.error("%s was refused by the executor: %s", self.origin, e)
+            self.status.state(REFUSED)
+            return EXIT_REFUSED
         finally:
             self.closing = True
             self.inbox.close()
             self.sink.close()
+            self.security.stop()
             self.ctx.term()
 
     def _serve(self) -> int:
@@ -197,6 +241,7 @@ class WorkerProcess:
                 "inbox": inbox,
                 "slots": 1,
                 "python": python_version(),
+                "cloudpickle": cloudpickle_major(),
             },
         )
         while not self.draining:
@@ -210,9 +255,16 @@ class WorkerProcess:
                 frames = self.inbox.recv_multipart(copy=False)
                 try:
                     kind, session, _ = proto.parse_header(frames[0].buffer)
+                except proto.VersionMismatch as e:
+                    if e.kind == Kind.REFUSE:  # REFUSE is understood across versions
+                        raise _Refused(proto.parse_control(frames).get("reason", "")) from None
+                    log.warning("dropped a message while registering: %s", e)
+                    continue
                 except proto.ProtocolError as e:
                     log.warning("dropped a bad message while registering: %s", e)
                     continue
+                if kind is Kind.REFUSE:
+                    raise _Refused(str(proto.parse_control(frames).get("reason", "")))
                 if kind is Kind.WELCOME:
                     self.session = session
                     self.status.session(session)
@@ -226,6 +278,7 @@ class WorkerProcess:
     def _initialize(self, welcome: list[zmq.Frame]) -> bool:
         body = proto.parse_control(welcome)
         self.max_tasks = body.get("max_tasks_per_child")
+        self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
         self.status.task_timeout(float(body.get("task_timeout") or 0.0))
         if len(welcome) < 3 or len(welcome[2].buffer) == 0:
             return True
@@ -285,9 +338,14 @@ class WorkerProcess:
         for task in tasks:
             if self.draining:
                 break  # the rest never started: BYE tells the executor to send them elsewhere
+            if self._replayed(task.task_id):
+                log.warning(
+                    "%s ignored task %d: it was delivered before", self.origin, task.task_id
+                )
+                continue
             start = time.perf_counter()
             self.status.started(task.task_id)
-            result = self._run_one(task)
+            result = self._check_size(self._run_one(task))
             self.status.finished(task.task_id)
             result.duration = time.perf_counter() - start
             results.append(result)
@@ -309,8 +367,41 @@ class WorkerProcess:
         bye = {"id": self.worker_id, "done": self.tasks_done}
         self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session))
 
+    def _replayed(self, task_id: int) -> bool:
+        if task_id in self.seen:
+            return True
+        self.seen.add(task_id)
+        self.seen_order.append(task_id)
+        if len(self.seen_order) > SEEN_TASKS:
+            self.seen.discard(self.seen_order.popleft())
+        return False
+
+    def _check_size(self, result: ResultRecord) -> ResultRecord:
+        """A result over the executor's frame limit becomes an error it can receive."""
+        size = max(len(result.payload), *(memoryview(b).nbytes for b in result.buffers), 0)
+        if size <= self.max_message_size:
+            return result
+        return error_result(
+            result.task_id,
+            ResultTooLargeError,
+            f"the task ran, but its pickled result of {size} bytes is over the executor's "
+            f"max_message_size={self.max_message_size}: return less data (write large results "
+            "to shared storage), or raise max_message_size",
+        )
+
     def _send_results(self, results: list[ResultRecord]) -> None:
-        self.sink.send_multipart(proto.encode_results(self.session, results), copy=False)
+        # ZMQ_MAXMSGSIZE bounds each frame: keep each message's blob under the limit
+        start, size = 0, 0
+        for end, result in enumerate(results):
+            if end > start and size + len(result.payload) > self.max_message_size:
+                self._send_result_batch(results[start:end])
+                start, size = end, 0
+            size += len(result.payload)
+        self._send_result_batch(results[start:])
+
+    def _send_result_batch(self, results: list[ResultRecord]) -> None:
+        frames = proto.encode_results(self.session, self.worker_id.encode(), results)
+        self.sink.send_multipart(frames, copy=False)
 
     def _learn_function(self, digest: bytes, data: memoryview) -> None:
         fn: Callable[..., Any] | BaseException
@@ -416,6 +507,7 @@ class Supervisor:
         log_level: str | None = None,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        token: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.processes = processes
@@ -430,6 +522,9 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(processes)]
         self.stopping = False
         self.host_id = uuid.uuid4().hex[:16]
+        self._token = token
+        self.security = Security(token)
+        self.refused = False
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._next_heartbeat = 0.0
@@ -467,8 +562,12 @@ class Supervisor:
         poller = self._poller
         poller.register(self._wake_r, zmq.POLLIN)
         if self.rendezvous is not None:
+            if self._own_context:
+                self.security.start(self.ctx)
             self._rendezvous_sock = self.ctx.socket(zmq.PULL)
             self._rendezvous_sock.linger = 0
+            self._rendezvous_sock.maxmsgsize = 64 * 1024  # only small control messages
+            self.security.server(self._rendezvous_sock)
             self._rendezvous_sock.bind(self.rendezvous)
             poller.register(self._rendezvous_sock, zmq.POLLIN)
         if self.sink is not None:
@@ -525,6 +624,7 @@ class Supervisor:
         report.heartbeat_ivl = int(self.heartbeat_interval * 1000)
         report.heartbeat_timeout = int(self.heartbeat_timeout * 1000)
         report.heartbeat_ttl = int(self.heartbeat_timeout * 1000)
+        self.security.client(report)
         self._monitor = report.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller.register(self._monitor, zmq.POLLIN)
         report.connect(sink)
@@ -553,12 +653,13 @@ class Supervisor:
             return  # our own shutdown closed the connection
         abandoned = 0
         for child in self._children():
-            if read_status(child.status_path).session != proto.NO_SESSION:
+            status = read_status(child.status_path)
+            if status.session != proto.NO_SESSION:
                 child.proc.kill()
-                abandoned += 1
-        log.warning(
-            "lost the executor at %s; abandoned %d worker process(es) of its session",
-            self.sink,
+                abandoned += bool(status.running)
+        log.log(
+            logging.WARNING if abandoned else logging.INFO,
+            "the executor is gone; %d running task(s) abandoned",
             abandoned,
         )
         if self.rendezvous is not None:
@@ -663,12 +764,18 @@ class Supervisor:
             "parent_pid": os.getpid(),
             "sys_path": self.sys_path,
             "log_level": self.log_level,
+            "secure": self._token is not None,
         }
+        env = dict(os.environ)
+        env.pop(ENV_TOKEN, None)
+        if self._token is not None:
+            env[ENV_TOKEN] = self._token  # never on argv: the environment is private
         proc = subprocess.Popen(
             [sys.executable, "-c", "from zmqexecutor.worker import child_main; child_main()",
              json.dumps(config)],
             stdin=subprocess.DEVNULL,
             close_fds=True,
+            env=env,
         )  # fmt: skip
         pidfd = None
         if hasattr(os, "pidfd_open"):
@@ -692,6 +799,10 @@ class Supervisor:
             code = child.proc.returncode
             if status.state == CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
                 slot.failures = 0
+                continue
+            if status.state == REFUSED:
+                self.refused = True  # versions differ: respawning cannot help
+                self.stop(terminate_children=True)
                 continue
             if status.state == INIT_FAILED:
                 slot.retired = not self.respawn_init_failed
@@ -729,6 +840,8 @@ class Supervisor:
 
     def _close(self) -> None:
         self._close_report()
+        if self._own_context:
+            self.security.stop()
         if self._rendezvous_sock is not None:
             self._rendezvous_sock.close()
         if self._own_context:
@@ -769,6 +882,8 @@ def run_worker(
     insecure: bool = False,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+    token: str | None = None,
+    token_file: str | None = None,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -783,16 +898,17 @@ def run_worker(
         insecure: allow unauthenticated sockets on non-loopback addresses.
         heartbeat_interval: seconds between this host's heartbeats to the executor.
         heartbeat_timeout: an executor silent this long is gone; its tasks are abandoned.
+        token: the executor's token (prefer ``token_file`` or $ZMQEXECUTOR_TOKEN: a
+            command-line argument is visible to other users of this host).
+        token_file: a file holding the token (must not be readable by others).
 
     Returns:
-        0 after a clean stop (SIGTERM lets running tasks finish first).
+        0 after a clean stop (SIGTERM lets running tasks finish first); EXIT_REFUSED if
+        the executor refused this host (different versions).
 
     Raises:
         ConfigurationError: neither endpoint given, or an exposed endpoint without insecure.
     """
-    from ._security import check_exposure
-    from .errors import ConfigurationError
-
     if executor is None and listen is None:
         raise ConfigurationError(
             "give the executor's endpoint (zmqexecutor-worker tcp://HEAD:5555) or --listen "
@@ -801,18 +917,21 @@ def run_worker(
     processes = processes or os.cpu_count() or 1
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
+    resolved = resolve_token(token, token_file)
+    secure = resolved is not None
+    Security(resolved)  # fails early if libzmq lacks CURVE
     inbox_host = None
     if executor is not None:
-        check_exposure(executor, insecure=insecure, role="executor endpoint")
+        check_exposure(executor, secure=secure, insecure=insecure, role="executor endpoint")
         sink_host = parse_endpoint(executor).host
         if listen is not None:
             inbox_host = parse_endpoint(listen).host
         inbox = f"tcp://{inbox_host or (route_to(sink_host) if sink_host else '*')}:0"
         if parse_endpoint(executor).transport == "tcp":
-            check_exposure(inbox, insecure=insecure, role="worker inbox")
+            check_exposure(inbox, secure=secure, insecure=insecure, role="worker inbox")
     else:
         assert listen is not None
-        check_exposure(listen, insecure=insecure, role="listen endpoint")
+        check_exposure(listen, secure=secure, insecure=insecure, role="listen endpoint")
     supervisor = Supervisor(
         processes=processes,
         sink=executor,
@@ -821,6 +940,7 @@ def run_worker(
         advertise=advertise,
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
+        token=resolved,
     )
     interrupts = 0
 
@@ -843,4 +963,7 @@ def run_worker(
         f"executor {executor}" if executor else f"waiting on {listen}",
     )
     supervisor.serve()
+    if supervisor.refused:
+        log.error("the executor refused this host (see above); exiting")
+        return EXIT_REFUSED
     return 0
