@@ -178,3 +178,108 @@ class CrashAtUnpickle:
 
     def __reduce__(self) -> Any:
         return segfault, ()
+
+
+# ---------------------------------------------------------------------------- fault tests
+# (test_faults.py) Exec markers here are lines "pid pgid netns label", appended with one
+# O_APPEND write each, so concurrent writers on any host never interleave within a line.
+
+
+def _netns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return "?"
+
+
+def record(marker: str, label: Any = None) -> None:
+    """Append the exec-marker line ``pid pgid netns label`` to the file ``marker``."""
+    line = f"{os.getpid()} {os.getpgid(0)} {_netns()} {label}\n".encode()
+    fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_marker(marker: str | os.PathLike[str]) -> list[tuple[int, int, str, str]]:
+    """The lines of an exec marker as (pid, pgid, netns, label); [] if it does not exist."""
+    try:
+        with open(marker) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        pid, pgid, netns, label = line.split(" ", 3)
+        out.append((int(pid), int(pgid), netns, label))
+    return out
+
+
+def where(value: Any = None) -> tuple[Any, str, int, int]:
+    """Return ``(value, netns id, pid, process group id)``: which host and process ran this."""
+    return value, _netns(), os.getpid(), os.getpgid(0)
+
+
+def record_and_block(
+    marker: str,
+    gate: str,
+    value: Any = None,
+    timeout: float = GATE_TIMEOUT,
+    done_marker: str | None = None,
+) -> Any:
+    """Record an exec marker, wait for ``gate`` (see block_until), record ``done_marker`` (if
+    given) and return ``value`` (or the pid if ``value`` is None)."""
+    record(marker, value)
+    result = block_until(gate, value, timeout=timeout)
+    if done_marker is not None:
+        record(done_marker, value)
+    return result
+
+
+def record_and_exit(marker: str, code: int = 1) -> NoReturn:
+    """Record an exec marker, then kill this process with ``os._exit(code)``: a poison task."""
+    record(marker, "exit")
+    os._exit(code)
+
+
+def exit_on_first_attempt(flag: str, marker: str, value: Any) -> Any:
+    """Record an exec marker; the first time (``flag`` does not exist yet) create ``flag`` and
+    ``os._exit(1)``; afterwards return ``value``."""
+    record(marker, value)
+    try:
+        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return value
+    os.close(fd)
+    os._exit(1)
+
+
+def record_and_spin(marker: str, limit: float = 2 * GATE_TIMEOUT) -> NoReturn:
+    """Record an exec marker, then busy-loop in pure Python (a hung task that never sleeps).
+
+    Gives up after ``limit`` seconds with TimeoutError, so a broken test cannot leave a process
+    spinning forever.
+    """
+    record(marker, "spin")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pass
+    raise TimeoutError(f"spun for {limit}s and nobody stopped this task")
+
+
+def fail_init_if_env(var: str) -> None:
+    """An initializer that raises ValueError("bad init") where the environment sets ``var``."""
+    if os.environ.get(var):
+        raise ValueError("bad init")
+
+
+def fail_init() -> NoReturn:
+    """An initializer that always raises ValueError("bad init")."""
+    raise ValueError("bad init")
+
+
+def record_and_return(marker: str, value: Any = None) -> tuple[Any, str, int, int]:
+    """Record an exec marker labelled ``value``, then return :func:`where` ``(value)``."""
+    record(marker, value)
+    return where(value)

@@ -105,6 +105,8 @@ def error_result(
 def value_result(task_id: int, value: Any) -> ResultRecord:
     from .errors import ResultSerializationError
 
+    if type(value) in _PLAIN_TYPES:  # the C pickler is several times faster here
+        return ResultRecord(task_id, Status.OK, pickle.dumps(value, protocol=5))
     try:
         data, buffers = dumps(value)
     except BaseException as e:  # anything a __reduce__ may raise
