@@ -196,6 +196,7 @@ class WorkerProcess:
         except _Stop:  # SIGTERM while no task was running
             self.closing = True
             if self.session != proto.NO_SESSION:
+                self.sink.linger = 200  # BYE is a courtesy: never wait long for a gone executor
                 self._say_bye()
             self.status.state(CLEAN_EXIT)
             return 0
@@ -270,6 +271,7 @@ class WorkerProcess:
                     self.status.session(session)
                     return frames
                 if kind is Kind.DETACH:
+                    self.sink.linger = 0
                     return None
             if self._orphaned():
                 return None
@@ -315,6 +317,7 @@ class WorkerProcess:
                 if session != self.session:
                     raise proto.ProtocolError("message from another session")
                 if kind is Kind.DETACH:
+                    self.sink.linger = 0  # the executor has every result already, and leaves
                     return
                 if kind is not Kind.TASKS:
                     raise proto.ProtocolError(f"unexpected {kind.name}")
