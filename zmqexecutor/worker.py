@@ -368,7 +368,10 @@ class WorkerProcess:
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
         bye = {"id": self.worker_id, "done": self.tasks_done}
-        self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session))
+        # immediate=True: with the executor gone a plain send would block forever
+        if self.sink.poll(100, zmq.POLLOUT):
+            with contextlib.suppress(zmq.Again):
+                self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session), zmq.NOBLOCK)
 
     def _replayed(self, task_id: int) -> bool:
         if task_id in self.seen:
@@ -741,9 +744,19 @@ class Supervisor:
         now = time.monotonic()
         for index, slot in enumerate(self.slots):
             if slot.child is None and not slot.retired and slot.not_before <= now:
-                slot.child = self._spawn(index, self.sink)
+                try:
+                    slot.child = self._spawn(index, self.sink)
+                except OSError as e:  # e.g. no route to the executor while partitioned
+                    log.warning("cannot start a worker process yet: %s; retrying", e)
+                    slot.failures += 1
+                    slot.not_before = now + self._backoff(slot)
+                    continue
                 if slot.child.pidfd is not None:
                     poller.register(slot.child.pidfd, zmq.POLLIN)
+
+    @staticmethod
+    def _backoff(slot: _Slot) -> float:
+        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2 ** (slot.failures - 1))
 
     def _spawn(self, index: int, sink: str) -> _Child:
         worker_id = uuid.uuid4().hex[:16]
@@ -814,9 +827,7 @@ class Supervisor:
             self._report_death(child, code, status)
             if status.state != READY:
                 slot.failures += 1
-                slot.not_before = time.monotonic() + min(
-                    RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2 ** (slot.failures - 1)
-                )
+                slot.not_before = time.monotonic() + self._backoff(slot)
 
     def _report_death(self, child: _Child, code: int, status: StatusReading) -> None:
         if status.state == INIT_FAILED:
