@@ -756,7 +756,7 @@ class Supervisor:
 
     @staticmethod
     def _backoff(slot: _Slot) -> float:
-        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2 ** (slot.failures - 1))
+        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_MIN * 2.0 ** (slot.failures - 1))
 
     def _spawn(self, index: int, sink: str) -> _Child:
         worker_id = uuid.uuid4().hex[:16]
