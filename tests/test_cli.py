@@ -11,7 +11,7 @@ from pathlib import Path
 
 import crash_cases as cc
 import pytest
-from conftest import RESULT_TIMEOUT, Gates
+from conftest import RESULT_TIMEOUT, Gates, free_tcp_port, wait_until
 
 from zmqexecutor import ConfigurationError, ZmqExecutor
 from zmqexecutor._security import new_token
@@ -113,3 +113,74 @@ def test_version_flag() -> None:
     proc = run_worker_cli("--version")
     assert proc.returncode == 0
     assert zmqexecutor.__version__ in proc.stdout
+
+
+def start_worker_host(address: str, *args: str, token: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(Path(cc.__file__).parent), "ZMQEXECUTOR_TOKEN": token}
+    return subprocess.Popen([*WORKER, address, "-n", "1", "--log-level", "WARNING", *args], env=env)
+
+
+@pytest.mark.timeout(90)
+def test_once_serves_one_executor_then_exits_0() -> None:
+    token = new_token()
+    with ZmqExecutor(listen="tcp://127.0.0.1:*", token=token) as ex:
+        worker = start_worker_host(ex.address, "--once", token=token)
+        assert ex.submit(pow, 3, 3).result(timeout=RESULT_TIMEOUT) == 27
+    assert worker.wait(timeout=RESULT_TIMEOUT) == 0
+
+
+@pytest.mark.timeout(60)
+def test_idle_timeout_exits_0_without_an_executor() -> None:
+    token = new_token()
+    port = free_tcp_port()
+    worker = start_worker_host(f"tcp://127.0.0.1:{port}", "--idle-timeout", "1", token=token)
+    assert worker.wait(timeout=RESULT_TIMEOUT) == 0
+
+
+@pytest.mark.timeout(90)
+def test_worker_started_before_the_executor_connects_when_it_comes() -> None:
+    token = new_token()
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    worker = start_worker_host(address, token=token)
+    try:
+        with ZmqExecutor(listen=address, token=token) as ex:
+            assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=RESULT_TIMEOUT) == 0
+
+
+@pytest.mark.timeout(90)
+def test_max_tasks_per_child_flag_replaces_processes() -> None:
+    token = new_token()
+    with ZmqExecutor(listen="tcp://127.0.0.1:*", token=token) as ex:
+        worker = start_worker_host(ex.address, "--max-tasks-per-child", "2", token=token)
+        try:
+            pids = [ex.submit(os.getpid).result(timeout=RESULT_TIMEOUT) for _ in range(6)]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=RESULT_TIMEOUT) == 0
+    assert len(set(pids)) == 3
+
+
+@pytest.mark.timeout(90)
+def test_stats_under_load(gates: Gates) -> None:
+    with ZmqExecutor(max_workers=2) as ex:
+        gate = gates("stats")
+        blocked = [ex.submit(cc.block_until, str(gate.path), i) for i in range(2)]
+        queued = [ex.submit(pow, 2, i) for i in range(10)]
+        wait_until(lambda: ex.stats().running == 2, what="both workers busy")
+        s = ex.stats()
+        assert s.pending == 10 and s.running == 2
+        assert sorted(w.in_flight for w in s.workers) == [1, 1]
+        assert all(w.host and w.pid and w.slots == 1 for w in s.workers)
+        gate.open()
+        assert [f.result(timeout=RESULT_TIMEOUT) for f in blocked + queued] == [0, 1] + [
+            2**i for i in range(10)
+        ]
+        ex.submit(pow, 0, -1).exception(timeout=RESULT_TIMEOUT)  # ZeroDivisionError
+        s = ex.stats()
+        assert (s.done, s.failed, s.pending, s.running) == (12, 1, 0, 0)
+        assert sum(w.done for w in s.workers) == 13 and sum(w.failed for w in s.workers) == 1
+        assert s.bytes_sent > 0 and s.bytes_received > 0
+        assert "in flight" in str(s)

@@ -1,5 +1,6 @@
 """zmqexecutor: a concurrent.futures.Executor whose workers run on many machines, over ZeroMQ."""
 
+from ._stats import ExecutorStats, WorkerStats
 from .errors import (
     BrokenZmqExecutor,
     ConfigurationError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokenZmqExecutor",
     "ConfigurationError",
+    "ExecutorStats",
     "NoWorkersError",
     "RemoteError",
     "RemoteTraceback",
@@ -33,6 +35,7 @@ __all__ = [
     "TaskTimeoutError",
     "TaskTooLargeError",
     "WorkerLostError",
+    "WorkerStats",
     "ZmqExecutor",
     "ZmqExecutorError",
     "__version__",

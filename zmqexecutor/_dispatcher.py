@@ -51,6 +51,7 @@ from ._defaults import (
 from ._protocol import Kind
 from ._security import Security
 from ._serialize import load_result
+from ._stats import ExecutorStats, WorkerStats
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 from .worker import FN_SLOTS, version_mismatch
 
@@ -130,6 +131,8 @@ class WorkerRecord:
     #: callables the worker holds; evicted in insertion order exactly as the worker does
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     sent: int = 0
+    done: int = 0
+    failed: int = 0
     #: expected run time of the tasks it holds (seconds), and how many it cannot estimate
     queued: float = 0.0
     unknown: int = 0
@@ -196,6 +199,8 @@ class Dispatcher(threading.Thread):
         self._waiting_since: float | None = None
         self.protocol_errors = 0
         self.discarded_results = 0
+        self.counts = dict.fromkeys(("done", "failed", "bytes_sent", "bytes_received"), 0)
+        self._stats_requests: deque[Future[ExecutorStats]] = deque()
 
     # -- called from other threads ----------------------------------------------------
 
@@ -226,12 +231,62 @@ class Dispatcher(threading.Thread):
                 if self.sink in events:
                     self._drain_sink()
                 self._housekeeping()
+                self._answer_stats_requests()
         except BaseException:
             log.exception("dispatcher failed; the executor is broken")
             self._break("the dispatcher thread failed (see the log)")
             raise
         finally:
             self._close()
+            self._answer_stats_requests()
+
+    # -- statistics (asked from other threads, answered by this one) ------------------------
+
+    def stats(self, timeout: float = 5.0) -> ExecutorStats:
+        """A snapshot taken by the dispatcher thread (its state is never read elsewhere)."""
+        if not self.is_alive():
+            return self._snapshot()
+        request: Future[ExecutorStats] = Future()
+        self._stats_requests.append(request)
+        self.wake()
+        if not self.is_alive():  # exited meanwhile: the final answer may have been missed
+            self._answer_stats_requests()
+        return request.result(timeout)
+
+    def _answer_stats_requests(self) -> None:
+        while self._stats_requests:
+            request = self._stats_requests.popleft()
+            if not request.done():
+                request.set_result(self._snapshot())
+
+    def _snapshot(self) -> ExecutorStats:
+        now = time.monotonic()
+        workers = []
+        for w in list(self.workers.values()):
+            host = self.hosts.get(w.host_id)
+            workers.append(
+                WorkerStats(
+                    worker_id=w.worker_id,
+                    host=w.host,
+                    pid=w.pid,
+                    slots=w.slots,
+                    in_flight=len(w.outstanding),
+                    done=w.done,
+                    failed=w.failed,
+                    heartbeat_age=None if host is None else now - host.last_seen,
+                )
+            )
+        return ExecutorStats(
+            workers=workers,
+            pending=len(self.pending),
+            running=len(self.owner),
+            done=self.counts["done"],
+            failed=self.counts["failed"],
+            bytes_sent=self.counts["bytes_sent"],
+            bytes_received=self.counts["bytes_received"],
+            protocol_errors=self.protocol_errors,
+            discarded_results=self.discarded_results,
+        )
 
     def _timeout(self) -> int:
         tick = min(TICK, self.settings.heartbeat_interval)
@@ -347,6 +402,7 @@ class Dispatcher(threading.Thread):
         tasks: list[tuple[int, bytes, bytes, list[Any]]],
     ) -> None:
         frames = proto.encode_tasks(self.session, functions, tasks)
+        self.counts["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)
         w.push.send_multipart(frames, copy=len(frames) == 3)
 
     # -- receiving ----------------------------------------------------------------------
@@ -357,6 +413,7 @@ class Dispatcher(threading.Thread):
                 frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            self.counts["bytes_received"] += sum(len(f) for f in frames)
             try:
                 self._on_message(frames)
             except proto.VersionMismatch as e:
@@ -477,8 +534,13 @@ class Dispatcher(threading.Thread):
             self._learn_duration(item.digest, record.duration)
             ok, value = load_result(record)
             if ok:
+                w.done += 1
+                self.counts["done"] += 1
                 item.future.set_result(value)
             else:
+                w.done += 1
+                w.failed += 1
+                self.counts["failed"] += 1
                 item.future.set_exception(value)
 
     def _learn_duration(self, digest: bytes, duration: float) -> None:

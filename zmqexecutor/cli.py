@@ -20,13 +20,16 @@ from .errors import ConfigurationError
 
 EPILOG = """\
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT: running tasks finish first; a second SIGINT
-aborts them), 2 bad arguments or an unsafe/invalid configuration.
+aborts them; --once after the executor left; --idle-timeout), 2 bad arguments or an
+unsafe/invalid configuration, 4 refused by the executor (different zmqexecutor, Python or
+cloudpickle version).
 
 examples:
-  zmqexecutor-worker tcp://head:5555 --processes 8 --insecure
-      connect to ZmqExecutor(listen="tcp://0.0.0.0:5555", insecure=True)
-  zmqexecutor-worker --listen tcp://*:5556 --insecure
-      wait for ZmqExecutor(workers=["tcp://thishost:5556"], insecure=True)
+  python -m zmqexecutor token          # once: writes ~/.zmqexecutor/token (copy it to hosts)
+  zmqexecutor-worker tcp://head:5555 --processes 8 --token-file ~/.zmqexecutor/token
+      connect to ZmqExecutor(listen="tcp://0.0.0.0:5555", token_file=...)
+  zmqexecutor-worker --listen tcp://*:5556 --token-file ~/.zmqexecutor/token
+      wait for ZmqExecutor(workers=["tcp://thishost:5556"], token_file=...)
 """
 
 
@@ -84,6 +87,24 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         "run code here); never allowed for non-loopback endpoints",
     )
     p.add_argument(
+        "--max-tasks-per-child",
+        type=int,
+        metavar="N",
+        help="replace a worker process after N tasks (the executor's max_tasks_per_child "
+        "applies too; the lower wins)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="serve one executor, then exit 0 (for batch jobs)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="exit 0 after S seconds without an executor (default: wait forever)",
+    )
+    p.add_argument(
         "--heartbeat-interval",
         type=float,
         default=DEFAULT_HEARTBEAT_INTERVAL,
@@ -118,6 +139,10 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
         parser.error("give the executor's endpoint (EXECUTOR) or --listen ENDPOINT")
     if args.processes is not None and args.processes < 1:
         parser.error("--processes must be at least 1")
+    if args.max_tasks_per_child is not None and args.max_tasks_per_child < 1:
+        parser.error("--max-tasks-per-child must be at least 1")
+    if args.idle_timeout is not None and args.idle_timeout <= 0:
+        parser.error("--idle-timeout must be > 0")
     if not 0 < args.heartbeat_interval < args.heartbeat_timeout:
         parser.error("need 0 < --heartbeat-interval < --heartbeat-timeout")
     logging.basicConfig(
@@ -142,6 +167,9 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             heartbeat_timeout=args.heartbeat_timeout,
             token=args.token,
             token_file=args.token_file,
+            max_tasks_per_child=args.max_tasks_per_child,
+            once=args.once,
+            idle_timeout=args.idle_timeout,
         )
     except (ConfigurationError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

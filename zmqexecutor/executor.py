@@ -29,6 +29,7 @@ from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer, set
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
+from ._stats import ExecutorStats
 from .errors import (
     BrokenZmqExecutor,
     ConfigurationError,
@@ -390,6 +391,12 @@ class ZmqExecutor(Executor):
         self._dispatcher.wake()
         if wait:
             self._dispatcher.join()
+
+    def stats(self) -> ExecutorStats:
+        """A snapshot: every worker (host, pid, slots, in flight, done, failed, heartbeat age),
+        tasks pending/running/done/failed, and bytes sent and received.
+        ``print(executor.stats())`` shows it as a table."""
+        return self._dispatcher.stats()
 
     def __repr__(self) -> str:
         d = self._dispatcher

@@ -279,7 +279,8 @@ class WorkerProcess:
 
     def _initialize(self, welcome: list[zmq.Frame]) -> bool:
         body = proto.parse_control(welcome)
-        self.max_tasks = body.get("max_tasks_per_child")
+        limits = [n for n in (body.get("max_tasks_per_child"), self.config.get("max_tasks")) if n]
+        self.max_tasks = min(limits) if limits else None
         self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
         self.status.task_timeout(float(body.get("task_timeout") or 0.0))
         if len(welcome) < 3 or len(welcome[2].buffer) == 0:
@@ -514,6 +515,9 @@ class Supervisor:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         token: str | None = None,
+        max_tasks_per_child: int | None = None,
+        once: bool = False,
+        idle_timeout: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.processes = processes
@@ -531,6 +535,10 @@ class Supervisor:
         self._token = token
         self.security = Security(token)
         self.refused = False
+        self.max_tasks_per_child = max_tasks_per_child
+        self.once = once
+        self.idle_timeout = idle_timeout
+        self._last_served = time.monotonic()
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._next_heartbeat = 0.0
@@ -668,6 +676,8 @@ class Supervisor:
             "the executor is gone; %d running task(s) abandoned",
             abandoned,
         )
+        if self.once:
+            self._session_over()
         if self.rendezvous is not None:
             self.sink = None  # mode 3: wait for the next ATTACH
             self._close_report()
@@ -686,16 +696,32 @@ class Supervisor:
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
             self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
 
+    def _session_over(self) -> None:
+        """With ``once``: the executor we served has left, so this host is done too."""
+        if not self.stopping:
+            log.info("the executor's session is over; exiting (--once)")
+            self.stop(terminate_children=True)
+
     def _watch_children(self) -> None:
-        """Heartbeat on time, and kill a worker process whose task ran past its timeout."""
+        """Heartbeat on time, kill a worker process whose task ran past its timeout, and
+        leave after ``idle_timeout`` without an executor."""
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._send_heartbeat()
+        if (
+            self.idle_timeout is not None
+            and not self.stopping
+            and now - self._last_served > self.idle_timeout
+        ):
+            log.info("no executor for %gs; exiting (--idle-timeout)", self.idle_timeout)
+            self.stop(terminate_children=True)
         for child in self._children():
             try:
                 status = read_status(child.status_path)
             except OSError:
                 continue
+            if status.session != proto.NO_SESSION:
+                self._last_served = now
             if status.running != child.running:
                 child.running, child.since = status.running, now
             elif (
@@ -781,6 +807,7 @@ class Supervisor:
             "sys_path": self.sys_path,
             "log_level": self.log_level,
             "secure": self._token is not None,
+            "max_tasks": self.max_tasks_per_child,
         }
         env = dict(os.environ)
         env.pop(ENV_TOKEN, None)
@@ -815,6 +842,8 @@ class Supervisor:
             code = child.proc.returncode
             if status.state == CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
                 slot.failures = 0
+                if self.once and status.session != proto.NO_SESSION and status.state == CLEAN_EXIT:
+                    self._session_over()
                 continue
             if status.state == REFUSED:
                 self.refused = True  # versions differ: respawning cannot help
@@ -898,6 +927,9 @@ def run_worker(
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     token: str | None = None,
     token_file: str | None = None,
+    max_tasks_per_child: int | None = None,
+    once: bool = False,
+    idle_timeout: float | None = None,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -915,6 +947,10 @@ def run_worker(
         token: the executor's token (prefer ``token_file`` or $ZMQEXECUTOR_TOKEN: a
             command-line argument is visible to other users of this host).
         token_file: a file holding the token (must not be readable by others).
+        max_tasks_per_child: replace a worker process after this many tasks (the executor's
+            own limit applies too; the lower one wins).
+        once: serve one executor, then exit (for batch jobs).
+        idle_timeout: exit after this many seconds without an executor.
 
     Returns:
         0 after a clean stop (SIGTERM lets running tasks finish first); EXIT_REFUSED if
@@ -955,6 +991,9 @@ def run_worker(
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
         token=resolved,
+        max_tasks_per_child=max_tasks_per_child,
+        once=once,
+        idle_timeout=idle_timeout,
     )
     interrupts = 0
 

@@ -1,0 +1,50 @@
+"""Snapshots of what an executor is doing: ``ZmqExecutor.stats()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """One worker process as the executor sees it."""
+
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    in_flight: int  #: tasks sent and not answered
+    done: int  #: results received (a value or the task's own exception)
+    failed: int  #: tasks that raised
+    heartbeat_age: float | None  #: seconds since its host was last heard from
+
+
+@dataclass(frozen=True)
+class ExecutorStats:
+    """A snapshot of an executor: its workers, its tasks, its traffic."""
+
+    workers: list[WorkerStats] = field(default_factory=list)
+    pending: int = 0  #: submitted, not yet sent to a worker
+    running: int = 0  #: sent to a worker, not answered
+    done: int = 0  #: completed with a value
+    failed: int = 0  #: completed with an exception of any kind
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    protocol_errors: int = 0  #: bad messages dropped
+    discarded_results: int = 0  #: late, replayed or misdirected results dropped
+
+    def __str__(self) -> str:
+        lines = [
+            f"tasks: {self.pending} pending, {self.running} running, {self.done} done, "
+            f"{self.failed} failed; {self.bytes_sent:,} bytes sent, "
+            f"{self.bytes_received:,} received",
+            f"{'host':<20} {'pid':>7} {'slots':>5} {'in flight':>9} {'done':>8} {'failed':>6} "
+            f"{'heartbeat':>9}",
+        ]
+        for w in sorted(self.workers, key=lambda w: (w.host, w.pid)):
+            age = "-" if w.heartbeat_age is None else f"{w.heartbeat_age:.1f}s"
+            lines.append(
+                f"{w.host:<20} {w.pid:>7} {w.slots:>5} {w.in_flight:>9} {w.done:>8} "
+                f"{w.failed:>6} {age:>9}"
+            )
+        return "\n".join(lines)
