@@ -8,6 +8,12 @@
 Systems (2 worker processes each):
 
 * ``zmqexecutor``: ``ZmqExecutor(max_workers=2)``;
+* ``zmqexecutor_curve``: the remote mode over loopback TCP with CurveZMQ:
+  ``ZmqExecutor(listen="tcp://127.0.0.1:*", token=...)`` plus one worker host
+  ``python -m zmqexecutor worker ADDRESS -n 2`` (token in ``$ZMQEXECUTOR_TOKEN``); both
+  worker processes are registered and have run tasks before anything is timed (W6: start
+  = construct + launch the host + first result; stop = executor shutdown + SIGTERM the host
+  and wait for it);
 * ``process``: ``concurrent.futures.ProcessPoolExecutor(2)`` (platform start method);
 * ``raw_zmq``: the floor, not an executor: pyzmq PUSH -> 2 forked workers -> PULL sink on
   tcp://127.0.0.1, HWM 0, one ``cloudpickle.dumps((id, fn, args))`` per task, tight loops;
@@ -64,7 +70,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 MIB = 1024 * 1024
-SYSTEMS = ("zmqexecutor", "process", "raw_zmq")
+SYSTEMS = ("zmqexecutor", "zmqexecutor_curve", "process", "raw_zmq")
 ORDER = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 # wid -> base parameters, the parameters --scale multiplies, shown metrics
@@ -175,7 +181,7 @@ class ExecutorSystem:
 
     def prepare(self):
         """Imports (not timed by W6)."""
-        if self.name == "zmqexecutor":
+        if self.name.startswith("zmqexecutor"):
             import zmqexecutor  # noqa: F401
         else:
             import concurrent.futures  # noqa: F401
@@ -207,6 +213,75 @@ class ExecutorSystem:
 
     def workload_impl(self, wid):
         return None
+
+    def wait_ready(self):
+        """Untimed, before the warm-up: nothing to wait for (local workers)."""
+
+
+class CurveSystem(ExecutorSystem):
+    """Remote mode over loopback TCP with CurveZMQ: one worker host with 2 processes."""
+
+    def __init__(self, name="zmqexecutor_curve"):
+        super().__init__(name)
+        self.host = None
+
+    def start(self):
+        import zmqexecutor._security
+        from zmqexecutor import ZmqExecutor
+
+        token = zmqexecutor._security.new_token()
+        self.ex = ZmqExecutor(listen="tcp://127.0.0.1:*", token=token)
+        env = dict(os.environ)
+        env["ZMQEXECUTOR_TOKEN"] = token  # never on argv
+        env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, "-m", "zmqexecutor", "worker", self.ex.address]
+        cmd += ["-n", "2", "--log-level", "WARNING"]
+        try:
+            self.host = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        except BaseException:
+            self.ex.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    def wait_ready(self, timeout=30.0):
+        """Both worker processes registered, and each has run a task."""
+        import tasks
+
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = {w.pid for w in self.ex.stats().workers}
+            if len(pids) >= 2:
+                break
+            if self.host.poll() is not None:
+                raise RuntimeError(f"worker host exited with rc={self.host.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(pids)} of 2 workers registered in {timeout:g} s")
+            time.sleep(0.01)
+        seen = set()
+        while not pids <= seen:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers {sorted(pids - seen)} got no task in {timeout:g} s")
+            seen.update(self.gather([self.submit(tasks.sleep_for, 0.05) for _ in range(4)]))
+
+    def shutdown(self):
+        try:
+            self.ex.shutdown(wait=True)
+        finally:
+            host, self.host = self.host, None
+            if host is not None and host.poll() is None:
+                host.send_signal(signal.SIGTERM)
+                try:
+                    host.wait(15)
+                except subprocess.TimeoutExpired:
+                    host.kill()
+                    host.wait(5)
+
+
+def make_system(name, wid):
+    if name == "raw_zmq":
+        return RawZmq(oob=wid == "W4")
+    if name == "zmqexecutor_curve":
+        return CurveSystem()
+    return ExecutorSystem(name)
 
 
 def _raw_worker_main(conn, oob):
@@ -271,6 +346,9 @@ class RawZmq:
     def __init__(self, oob=False):
         self.oob = oob  # pickle-5 out-of-band frames, copy=False (W4)
         self.procs = []
+
+    def wait_ready(self):
+        """start() already waited for both workers' handshakes."""
 
     def prepare(self):
         import cloudpickle  # noqa: F401
@@ -606,7 +684,7 @@ def child_main(a):
     try:
         p = scaled_params(a.workload, a.scale)
         res["params"] = p
-        sy = RawZmq(oob=a.workload == "W4") if a.system == "raw_zmq" else ExecutorSystem(a.system)
+        sy = make_system(a.system, a.workload)
         t = time.perf_counter()
         sy.prepare()
         res["import_s"] = time.perf_counter() - t
@@ -622,6 +700,9 @@ def child_main(a):
             sy.start()
             started = True
             res["start_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            sy.wait_ready()
+            res["ready_s"] = time.perf_counter() - t
             t = time.perf_counter()
             res["info"].update(warmup(sy, a.workload, p))
             res["warmup_s"] = time.perf_counter() - t
@@ -894,24 +975,33 @@ def build_report(results, systems, wids, args, elapsed, ver):
         md.append(
             "| " + " | ".join([s] + [value(results, s, w, k)[1] for w, k, _, _ in cols]) + " |"
         )
-    bases = [b for b in ("process", "raw_zmq") if b in systems and b != "zmqexecutor"]
-    if "zmqexecutor" in systems and bases:
+    # (system, baseline); the last row is issue 5's remote goal (CURVE vs local mode)
+    pairs = [
+        (a, b)
+        for a, b in [
+            ("zmqexecutor", "process"),
+            ("zmqexecutor", "raw_zmq"),
+            ("zmqexecutor_curve", "zmqexecutor"),
+        ]
+        if a in systems and b in systems
+    ]
+    if pairs:
         md += [
             "",
-            "### Ratios: zmqexecutor value / baseline value, per metric",
+            "### Ratios: system value / baseline value, per metric",
             "",
-            "↑ = higher is better (a ratio > 1x means zmqexecutor is better than the baseline); "
-            "↓ = lower is better (a ratio < 1x means zmqexecutor is better).",
+            "↑ = higher is better (a ratio > 1x means the first system is better than the "
+            "baseline); ↓ = lower is better (a ratio < 1x means the first system is better).",
             "",
             "| ratio | "
             + " | ".join(f"{label} {'↑' if hib else '↓'}" for _, _, label, hib in cols)
             + " |",
             "|" + "---|" * (len(cols) + 1),
         ]
-        for b in bases:
-            row = [f"zmqexecutor / {b}"]
+        for a, b in pairs:
+            row = [f"{a} / {b}"]
             for w, k, _, _ in cols:
-                v, _ = value(results, "zmqexecutor", w, k)
+                v, _ = value(results, a, w, k)
                 r, _ = value(results, b, w, k)
                 row.append("—" if v is None or not r else f"{v / r:.2f}x")
             md.append("| " + " | ".join(row) + " |")
@@ -999,7 +1089,7 @@ def main(argv=None):
                     else e.get("error", "")
                 )
                 print(
-                    f"[{len(results)}/{total}] {s:11s} {w} {e['status']:7s} "
+                    f"[{len(results)}/{total}] {s:17s} {w} {e['status']:7s} "
                     f"{e['wall_s']:6.1f}s  {shown}"
                     + (f"  leftovers={e['leftover_processes']}" if e["leftover_processes"] else ""),
                     file=sys.stderr,

@@ -111,8 +111,9 @@ class WorkItem:
     estimate: float | None = None
     #: when it was last sent (time.monotonic())
     sent_at: float = 0.0
-    #: workers (and hosts) it was lost on; a retry never goes back to them
-    lost_on: set[str] = field(default_factory=set)
+    #: workers (and hosts) it was lost on; a retry never goes back to them (None: none yet,
+    #: so that a million queued tasks do not carry a million empty sets)
+    lost_on: set[str] | None = None
 
 
 @dataclass(eq=False)
@@ -662,7 +663,7 @@ class Dispatcher(threading.Thread):
         """``item`` may have run on ``w``, which is gone: retry it elsewhere if the user
         allowed it (max_retries), else fail it. Never re-run silently (at-most-once).
         With ``host`` the whole host is avoided, not only the worker process."""
-        item.lost_on.add(w.host_id if host else w.worker_id)
+        item.lost_on = (item.lost_on or set()) | {w.host_id if host else w.worker_id}
         attempts = item.sends
         if attempts <= self.settings.max_retries:
             log.warning("%s; retrying task elsewhere (attempt %d)", how, attempts + 1)
