@@ -283,3 +283,44 @@ def record_and_return(marker: str, value: Any = None) -> tuple[Any, str, int, in
     """Record an exec marker labelled ``value``, then return :func:`where` ``(value)``."""
     record(marker, value)
     return where(value)
+
+
+# ---------------------------------------------------------------------------- soak (test_soak.py)
+# A soak task's kind is one letter; its index goes to an exec log (one O_APPEND write per run).
+
+SOAK_TINY, SOAK_SLEEP, SOAK_CPU, SOAK_BIG, SOAK_RAISE, SOAK_EXIT = "tscbre"
+
+
+class SoakIntendedError(Exception):
+    """The exception a soak task of kind SOAK_RAISE raises on purpose."""
+
+
+def soak_expected(kind: str, index: int, size: int = 0) -> Any:
+    """The value a soak task of ``kind`` returns (kinds that return at all)."""
+    if kind == SOAK_BIG:
+        return (index, size)
+    return (index, index * index + 1)
+
+
+def soak_task(log: str, kind: str, index: int, payload: Any = None) -> Any:
+    """Append ``index`` to the exec log ``log``, then behave as ``kind`` says: return at once
+    (tiny), sleep ``payload`` seconds, spin ``payload`` seconds, echo the size of a large
+    ``payload`` (bytes) with a large result, raise SoakIntendedError, or os._exit(7)."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    if kind == SOAK_SLEEP:
+        time.sleep(payload)
+    elif kind == SOAK_CPU:
+        deadline = time.perf_counter() + payload
+        while time.perf_counter() < deadline:
+            pass
+    elif kind == SOAK_BIG:
+        return soak_expected(kind, index, len(payload)), bytes(len(payload))
+    elif kind == SOAK_RAISE:
+        raise SoakIntendedError(f"intended failure of task {index}")
+    elif kind == SOAK_EXIT:
+        os._exit(7)
+    return soak_expected(kind, index)

@@ -646,7 +646,9 @@ class Dispatcher(threading.Thread):
                 item = self._forget(w, task_id)
                 if item is None:
                     continue  # its result did arrive
-                self._lost(item, w, f"{w.describe()} died after running this task; its result")
+                self._lost(
+                    item, w, f"{w.describe()} died after running this task; its result was lost"
+                )
         if self.pending and not self._ready_workers():
             if self._no_worker_since is None:
                 self._no_worker_since = now

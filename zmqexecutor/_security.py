@@ -29,9 +29,9 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from ._defaults import DEFAULT_TOKEN_FILE, ENV_TOKEN, ENV_TOKEN_FILE
@@ -143,7 +143,7 @@ class Security:
                 "with libsodium"
             )
         self.keys = derive_keys(token) if token is not None else None
-        self._auth: ThreadAuthenticator | None = None
+        self._auth: Any = None  # zmq.auth.thread.ThreadAuthenticator, once started
 
     @property
     def enabled(self) -> bool:
@@ -157,6 +157,9 @@ class Security:
         without one, libzmq admits every CURVE client)."""
         if self.keys is None or self._auth is not None:
             return
+        # imported here: it pulls in asyncio, which local-mode workers never need
+        from zmq.auth.thread import ThreadAuthenticator
+
         auth = ThreadAuthenticator(context, log=logging.getLogger("zmqexecutor.security.zap"))
         auth.start()
         auth.configure_curve_callback(_ZAP_DOMAIN, credentials_provider=_OnlyKey(self.keys))

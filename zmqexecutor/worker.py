@@ -42,7 +42,6 @@ from typing import Any
 
 import cloudpickle
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import _protocol as proto
 from ._defaults import (
@@ -174,6 +173,8 @@ class WorkerProcess:
         self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self.seen: set[int] = set()
+        #: moving average of each callable's run time here: may its results wait in a batch?
+        self.durations: dict[bytes, float] = {}
         self.seen_order: deque[int] = deque()
         self.ctx = zmq.Context()
         token = os.environ.get(ENV_TOKEN) if config.get("secure") else None
@@ -338,7 +339,11 @@ class WorkerProcess:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
         for digest, data in functions.items():
             self._learn_function(digest, data)
+        # Results of short tasks are batched, but none is held longer than about the window:
+        # they are sent once the oldest is that old, and before any task that may run long
+        # (a crash would lose them, and a slow task would delay them).
         results: list[ResultRecord] = []
+        held_since = 0.0
         for task in tasks:
             if self.draining:
                 break  # the rest never started: BYE tells the executor to send them elsewhere
@@ -347,17 +352,24 @@ class WorkerProcess:
                     "%s ignored task %d: it was delivered before", self.origin, task.task_id
                 )
                 continue
+            expected = self.durations.get(task.digest)
+            if results and (expected is None or expected > RESULT_BATCH_WINDOW):
+                self._send_results(results)
+                results = []
             start = time.perf_counter()
             self.status.started(task.task_id)
             result = self._check_size(self._run_one(task))
             self.status.finished(task.task_id)
-            result.duration = time.perf_counter() - start
+            end = time.perf_counter()
+            result.duration = end - start
+            self._learn_duration(task.digest, result.duration)
+            if not results:
+                held_since = start
             results.append(result)
             self.tasks_done += 1
             if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
                 self.draining = True
-            # long tasks: send at once; short ones: batch, but never for longer than the window
-            if result.duration > RESULT_BATCH_WINDOW:
+            if end - held_since > RESULT_BATCH_WINDOW:
                 self._send_results(results)
                 results = []
         if results:
@@ -365,6 +377,12 @@ class WorkerProcess:
         if self.draining:
             self._say_bye()
         return self.draining
+
+    def _learn_duration(self, digest: bytes, duration: float) -> None:
+        old = self.durations.get(digest)
+        self.durations[digest] = duration if old is None else old + (duration - old) / 8
+        if len(self.durations) > FN_SLOTS:
+            del self.durations[next(iter(self.durations))]
 
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
@@ -659,6 +677,9 @@ class Supervisor:
     def _on_monitor_event(self) -> None:
         """The connection to the executor broke (it died, or the network did): the session
         is over. Running tasks are abandoned; fresh worker processes wait for the next one."""
+        # imported here: it pulls in asyncio, which worker processes never need
+        from zmq.utils.monitor import recv_monitor_message
+
         assert self._monitor is not None
         with contextlib.suppress(zmq.Again):
             while True:
