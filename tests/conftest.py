@@ -40,6 +40,7 @@ if str(TESTS_DIR) not in sys.path:
 
 LEAK_DEADLINE = 5.0
 RESULT_TIMEOUT = 30.0
+SHUTDOWN_DEADLINE = 30.0
 MARK_ENV = "ZMQEXECUTOR_TEST_MARK"
 
 if TYPE_CHECKING:
@@ -128,8 +129,22 @@ def make_executor(gates: Gates) -> Iterator[Callable[..., ZmqExecutor]]:
 
     yield make
     gates.open_all()
+    # pytest-timeout fires once per test: if the test already timed out, a shutdown that hangs
+    # here would freeze the whole session. Bound it, and report the hang as a failure.
+    hung = []
     for ex in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        t = threading.Thread(
+            target=ex.shutdown,
+            kwargs={"wait": True, "cancel_futures": True},
+            name="test-teardown-shutdown",
+            daemon=True,
+        )
+        t.start()
+        t.join(SHUTDOWN_DEADLINE)
+        if t.is_alive():
+            hung.append(repr(ex))
+    if hung:
+        pytest.fail(f"shutdown(wait=True) still blocked after {SHUTDOWN_DEADLINE}s: {hung}")
 
 
 @pytest.fixture

@@ -224,8 +224,8 @@ class WorkerHost:
         self._log.close()
 
 
-@pytest.fixture
-def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
+@pytest.fixture(name="worker_hosts")
+def worker_hosts_fixture(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
     """Factory of worker hosts: ``worker_hosts(*cli_args, name=, token=, processes=, env=)``.
 
     ``token`` goes in the host's environment (ZMQEXECUTOR_TOKEN), never on its command line.
@@ -419,8 +419,8 @@ class Peers:
         self.ctx.destroy(linger=0)
 
 
-@pytest.fixture
-def peers() -> Iterator[Peers]:
+@pytest.fixture(name="peers")
+def peers_fixture() -> Iterator[Peers]:
     p = Peers()
     yield p
     p.close()
@@ -1286,6 +1286,10 @@ def _hdr(kind: int, session: bytes = proto.NO_SESSION, count: int = 0) -> bytes:
     return proto.HEADER.pack(proto.MAGIC, proto.PROTOCOL_VERSION, kind, 0, session, count)
 
 
+def _hdr_v(version: int, kind: int) -> bytes:
+    return proto.HEADER.pack(proto.MAGIC, version, kind, 0, proto.NO_SESSION, 0)
+
+
 SENDER = b"0123456789abcdef"  # a worker id (16 bytes)
 
 
@@ -1341,6 +1345,9 @@ MALFORMED: dict[str, Callable[[bytes], list[bytes]]] = {
         % (sys_python().encode(), cloudpickle.__version__.split(".")[0].encode()),
     ],
     "READY of another session": lambda s: proto.control(Kind.READY, {"id": "x"}, os.urandom(8)),
+    "HELLO of another version, body not JSON": lambda s: [_hdr_v(99, Kind.HELLO), b"\xbd"],
+    "HELLO of another version, no body": lambda s: [_hdr_v(99, Kind.HELLO)],
+    "HELLO of another version, body not an object": lambda s: [_hdr_v(99, Kind.HELLO), b"7"],
 }
 
 
@@ -1368,6 +1375,17 @@ def test_bi09_truncated_and_wrong_frame_count(
     assert ex._dispatcher.is_alive()
     assert ex.submit(pow, 2, 10).result(timeout=RESULT_TIMEOUT) == 1024
     assert "typo" not in ex._dispatcher.workers
+    assert_shuts_down(ex)
+
+
+def assert_shuts_down(ex: Any, timeout: float = 15.0) -> None:
+    """The executor still shuts down promptly (a socket left open blocks context.term())."""
+    ex.shutdown(wait=False)
+    wait_until(
+        lambda: not ex._dispatcher.is_alive(),
+        timeout,
+        "the executor to shut down: did the bad message leave a socket open?",
+    )
 
 
 @pytest.mark.timeout(60)
@@ -1446,36 +1464,67 @@ def test_bi13_protocol_or_python_version_mismatch(
     assert ex._dispatcher.is_alive()
 
 
-SITECUSTOMIZE = {
-    "protocol": "import zmqexecutor._defaults as d\nd.PROTOCOL_VERSION = 99\n",
+def _cloudpickle_major() -> str:
+    return str(cloudpickle.__version__).split(".")[0]
+
+
+#: sitecustomize.py for a worker host that differs from us: (code, theirs, ours)
+OTHER_VERSIONS = {
+    "protocol": (
+        "import zmqexecutor._defaults as d, zmqexecutor._protocol as p\n"
+        "d.PROTOCOL_VERSION = p.PROTOCOL_VERSION = 99\n",
+        "99",
+        str(proto.PROTOCOL_VERSION),
+    ),
+    "python": (
+        "import zmqexecutor.worker as w\nw.python_version = lambda: '3.99'\n",
+        "3.99",
+        sys_python(),
+    ),
+    "cloudpickle": (
+        "import zmqexecutor.worker as w\nw.cloudpickle_major = lambda: '99'\n",
+        "99",
+        _cloudpickle_major(),
+    ),
 }
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("mismatch", list(SITECUSTOMIZE))
+@pytest.mark.parametrize("mismatch", list(OTHER_VERSIONS))
 def test_bi13_worker_host_with_another_version_exits_naming_both(
     mismatch: str,
     make_executor: Callable[..., Any],
     worker_hosts: Callable[..., WorkerHost],
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """BI-13: a real worker host speaking protocol version 99 (patched in at interpreter start
-    by a sitecustomize) is refused: it exits non-zero with a message naming both versions, and
-    runs no task."""
+    """BI-13: a real worker host with another protocol version, Python minor version or
+    cloudpickle major version (patched in at interpreter start by a sitecustomize) is refused:
+    it exits non-zero with a message naming both versions, and runs no task; the executor
+    logs the refusal and keeps serving."""
+    code, theirs, ours = OTHER_VERSIONS[mismatch]
+    caplog.set_level(logging.INFO, logger="zmqexecutor")
     patch_dir = tmp_path / "patch"
     patch_dir.mkdir()
-    (patch_dir / "sitecustomize.py").write_text(SITECUSTOMIZE[mismatch])
+    (patch_dir / "sitecustomize.py").write_text(code)
     token = new_token()
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
     env = {"PYTHONPATH": os.pathsep.join([str(patch_dir), str(TESTS_DIR)])}
-    host = worker_hosts(ex.address, name="v99", token=token, env=env)
-    wait_until(lambda: host.proc.poll() is not None, what=lambda: "the host to exit" + host.log())
+    host = worker_hosts(ex.address, name="other", token=token, env=env)
+    wait_until(lambda: host.proc.poll() is not None, what=lambda: "the host to exit\n" + host.log())
     assert host.proc.returncode != 0, host.log()
-    assert any(
-        "99" in line and "version" in line and re.search(rf"\b{proto.PROTOCOL_VERSION}\b", line)
-        for line in host.log().splitlines()
-    ), host.log()
+
+    def names_both(text: str) -> bool:
+        return any(
+            re.search(rf"(?<![\d.]){re.escape(theirs)}(?![\d.])", line)
+            and re.search(rf"(?<![\d.]){re.escape(ours)}(?![\d.])", line)
+            for line in text.splitlines()
+        )
+
+    assert names_both(host.log()), host.log()
+    assert names_both(caplog.text), caplog.text
     assert set(pgids(ex, 4)) == {os.getpgid(0)}  # the executor's local worker ran them
+    assert not registered_pids(ex) & host.processes()
 
 
 # ---------------------------------------------------------------------------- BI-14

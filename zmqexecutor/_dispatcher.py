@@ -468,21 +468,28 @@ class Dispatcher(threading.Thread):
         if mismatch:
             self._refuse(body, mismatch)
             return
+        try:  # every field is checked before a socket exists
+            inbox = body["inbox"]
+            pid, slots = int(body.get("pid", 0)), max(1, int(body.get("slots", 1)))
+            if not isinstance(inbox, str) or len(worker_id) != 16:
+                raise ValueError("bad inbox or worker id")
+        except (KeyError, ValueError, TypeError) as e:
+            raise proto.ProtocolError(f"HELLO with bad fields: {e}") from None
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
         set_heartbeats(push, self.settings)
         self.security.client(push)
         try:
-            push.connect(str(body["inbox"]))
-        except (KeyError, zmq.ZMQError) as e:
+            push.connect(inbox)
+        except zmq.ZMQError as e:
             push.close()
             raise proto.ProtocolError(f"HELLO with a bad inbox address: {e}") from None
         w = WorkerRecord(
             worker_id=worker_id,
             host=str(body.get("host", "?")),
-            pid=int(body.get("pid", 0)),
-            slots=max(1, int(body.get("slots", 1))),
+            pid=pid,
+            slots=slots,
             push=push,
             host_id=str(body.get("host_id", "")),
             remaining=self.settings.max_tasks_per_child,
@@ -514,7 +521,11 @@ class Dispatcher(threading.Thread):
         if e.kind != Kind.HELLO:
             log.warning("dropped a message of protocol version %d", e.version)
             return
-        body = proto.parse_control(frames)
+        try:
+            body = proto.parse_control(frames)
+        except proto.ProtocolError as bad:
+            log.warning("dropped a HELLO of protocol version %d: %s", e.version, bad)
+            return
         self._refuse(
             body,
             f"the worker speaks protocol version {e.version}, this executor "

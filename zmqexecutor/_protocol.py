@@ -115,9 +115,10 @@ def control(kind: Kind, body: dict[str, Any], session: bytes = NO_SESSION) -> li
     return [header(kind, session), json.dumps(body, separators=(",", ":")).encode()]
 
 
-def parse_control(frames: Sequence[Any]) -> dict[str, Any]:
-    if len(frames) < 2:
-        raise ProtocolError(f"control message with {len(frames)} frames")
+def parse_control(frames: Sequence[Any], n_frames: int = 2) -> dict[str, Any]:
+    """The JSON body of a control message of exactly ``n_frames`` frames."""
+    if len(frames) != n_frames:
+        raise ProtocolError(f"control message with {len(frames)} frames, expected {n_frames}")
     try:
         body = json.loads(bytes(frames[1]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -279,7 +279,7 @@ class WorkerProcess:
         return None
 
     def _initialize(self, welcome: list[zmq.Frame]) -> bool:
-        body = proto.parse_control(welcome)
+        body = proto.parse_control(welcome, n_frames=3)
         limits = [n for n in (body.get("max_tasks_per_child"), self.config.get("max_tasks")) if n]
         self.max_tasks = min(limits) if limits else None
         self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
