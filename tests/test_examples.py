@@ -38,6 +38,18 @@ def test_remote_workers_on_loopback() -> None:
     assert "tasks per worker host:" in out
 
 
+@pytest.mark.timeout(120)
+def test_progress() -> None:
+    out = run_example("progress.py", "--plain")  # "done N/M" lines even where tqdm is installed
+    assert "as_completed: done 50/50" in out
+    assert "map: done 50/50" in out
+    assert "submit + as_completed: 3,001,134 primes below 50,000,000" in out
+    assert "map: 3,001,134 primes below 50,000,000" in out
+    out = run_example("progress.py")  # tqdm (a test dependency) draws its bars on stderr
+    assert "done" not in out
+    assert "map: 3,001,134 primes below 50,000,000" in out
+
+
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "remote_workers.py"}
+    tested = {"quickstart.py", "remote_workers.py", "progress.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested

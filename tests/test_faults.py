@@ -963,3 +963,24 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
     for proc in workers.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(HOST_STOP_TIMEOUT)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_returns_with_cancelled_and_workerless_tasks() -> None:
+    """Nothing hangs: a cancelled future needs no worker to leave the queue, and shutdown()
+    fails what no worker can ever run after heartbeat_timeout instead of waiting forever."""
+    from zmqexecutor import NoWorkersError, ZmqExecutor
+
+    ex = ZmqExecutor(listen="tcp://127.0.0.1:*", insecure=True, heartbeat_interval=0.2,
+                     heartbeat_timeout=1.0)  # fmt: skip
+    cancelled = ex.submit(pow, 2, 2)
+    assert cancelled.cancel()
+    ex.shutdown(wait=True)
+    assert cancelled.cancelled()
+
+    ex = ZmqExecutor(listen="tcp://127.0.0.1:*", insecure=True, heartbeat_interval=0.2,
+                     heartbeat_timeout=1.0)  # fmt: skip
+    waiting = ex.submit(pow, 2, 3)
+    ex.shutdown(wait=True)
+    with pytest.raises(NoWorkersError):
+        waiting.result(timeout=0)

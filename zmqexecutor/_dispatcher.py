@@ -300,6 +300,11 @@ class Dispatcher(threading.Thread):
             return False
         if self.broken is not None:
             return True
+        # no submit() can come any more: cancelled futures need no worker to leave the queue
+        for _ in range(len(self.pending)):
+            item = self.pending.popleft()
+            if item.sends or not item.future.cancelled():
+                self.pending.append(item)
         return not self.pending and not self.owner
 
     def _ready_workers(self) -> list[WorkerRecord]:
@@ -738,6 +743,9 @@ class Dispatcher(threading.Thread):
 
     def _check_no_workers(self, now: float) -> None:
         limit = self.settings.no_worker_timeout
+        if self.shutdown_requested or self._executor_ref() is None:
+            # shutdown() must return even when every worker is gone
+            limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
         if limit is None or not self.pending or self._ready_workers():
             self._waiting_since = None
             return

@@ -336,6 +336,8 @@ class ZmqExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _pickle_function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        if not _cacheable(fn):
+            return self._functions.pickle(fn)
         with self._functions_lock:
             cached = self._functions.lookup(fn)
         if cached is not None:
@@ -406,6 +408,21 @@ class ZmqExecutor(Executor):
             f"<ZmqExecutor {self._mode} {state}: {ready} worker(s) ready, "
             f"{len(d.pending)} pending, {len(d.owner)} sent>"
         )
+
+
+def _cacheable(fn: Callable[..., Any]) -> bool:
+    """May ``fn``'s pickle be reused for later calls? Yes for what cloudpickle sends by
+    reference (importable functions) and for map()'s per-call partial; no for functions
+    from ``__main__`` (a script, a notebook) or closures, which travel by value with the
+    globals they use: a notebook that changes a global must see the change, as with
+    ProcessPoolExecutor. (The workers' content-addressed cache still avoids resending.)"""
+    if isinstance(fn, partial):
+        return True
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "<locals>")
+    return (
+        module not in (None, "__main__") and "<locals>" not in qualname and qualname != "<lambda>"
+    )
 
 
 def _stop_supervisor(supervisor: Supervisor | None) -> None:

@@ -118,7 +118,8 @@ class ZmqExecutorBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignor
     supports_inner_max_num_threads = False
     supports_sharedmem = False  # joblib falls back to threads for require="sharedmem"
     uses_threads = False
-    # Batches cross a network: aim a bit longer than loky's 0.2 s to hide the round trip.
+    # Auto-batching aims at batches of 0.2 to 1 s (loky: 2 s at most, dask: 1 s): long enough
+    # to hide a network round trip, short enough that no batch strands the end of a call.
     MIN_IDEAL_BATCH_DURATION = 0.2
     MAX_IDEAL_BATCH_DURATION = 1.0
 
