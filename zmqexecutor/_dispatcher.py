@@ -459,7 +459,7 @@ class Dispatcher(threading.Thread):
         elif kind is Kind.BYE:
             self._remove(w)
             self._requeue_all(w)
-            log.debug("%s left after %s tasks", w.describe(), body.get("done"))
+            log.info("%s left after %s tasks", w.describe(), body.get("done"))
         elif kind is Kind.DIED:
             self._on_died(w, body)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -147,7 +148,8 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
         parser.error("need 0 < --heartbeat-interval < --heartbeat-timeout")
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+        format=f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s "
+        "%(message)s",
         stream=sys.stderr,
     )
     if args.token is not None:

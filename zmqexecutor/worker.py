@@ -470,7 +470,8 @@ def child_main() -> None:
         sys.path[:] = config["sys_path"]
     logging.basicConfig(
         level=config.get("log_level", "WARNING"),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+        format=f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s "
+        "%(message)s",
     )
     # Ctrl-C in a terminal reaches the whole process group: the executor decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
