@@ -16,8 +16,9 @@ PREFETCH_BACKLOG = 4
 DURATIONS_KEPT = 1024
 #: most tasks (or results) packed into one message
 DEFAULT_MAX_BATCH = 64
-#: a worker sends its results at once unless the tasks are shorter than this (seconds)
-RESULT_BATCH_WINDOW = 0.001
+#: a worker holds the results of short tasks for at most about this long (seconds) to batch
+#: them; a crash loses the results it holds, so keep it small
+RESULT_BATCH_WINDOW = 0.00025
 #: payload buffers at least this large travel as separate zero-copy frames
 OOB_THRESHOLD = 64 * 1024
 
