@@ -167,9 +167,10 @@ def rendezvous_pids(ex: Any, count: int, directory: Path) -> set[int]:
 # ---------------------------------------------------------------------------- leak check
 
 
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, state) for every process we can read."""
-    table: dict[int, tuple[int, str]] = {}
+def proc_stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...)
+    for every process we can read."""
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -179,12 +180,20 @@ def _proc_table() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         # comm may contain spaces and parentheses: split after the last ')'.
-        rest = data[data.rfind(")") + 2 :].split()
-        table[int(entry)] = (int(rest[1]), rest[0])
+        stats[int(entry)] = data[data.rfind(")") + 2 :].split()
+    return stats
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) for every process we can read."""
+    table = {pid: (int(fields[1]), fields[0]) for pid, fields in proc_stats().items()}
     return table
 
 
-def _descendants(root: int, table: dict[int, tuple[int, str]]) -> set[int]:
+def descendants(root: int, table: dict[int, tuple[int, str]] | None = None) -> set[int]:
+    """Every live or zombie descendant of ``root``."""
+    if table is None:
+        table = _proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -223,7 +232,7 @@ def _leaked_processes(before: set[int], mark: bytes) -> dict[int, str]:
     me = os.getpid()
     table = _proc_table()
     leaked: dict[int, str] = {}
-    for pid in _descendants(me, table) - before:
+    for pid in descendants(me, table) - before:
         if not _is_stdlib_singleton(pid):
             state = table[pid][1]
             leaked[pid] = "zombie (not reaped)" if state == "Z" else f"state {state}"
@@ -275,7 +284,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     mark = f"{request.node.nodeid}-{uuid.uuid4().hex}"
     old_mark = os.environ.get(MARK_ENV)
     os.environ[MARK_ENV] = mark
-    procs_before = _descendants(os.getpid(), _proc_table())
+    procs_before = descendants(os.getpid(), _proc_table())
     threads_before = set(threading.enumerate())
     fds_before = _open_fds()
     try:

@@ -46,7 +46,16 @@ import cloudpickle
 import crash_cases as cc
 import pytest
 import zmq
-from conftest import RESULT_TIMEOUT, TESTS_DIR, Gates, free_tcp_port, rendezvous_pids, wait_until
+from conftest import (
+    RESULT_TIMEOUT,
+    TESTS_DIR,
+    Gates,
+    descendants,
+    free_tcp_port,
+    proc_stats,
+    rendezvous_pids,
+    wait_until,
+)
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
@@ -144,40 +153,11 @@ def cmdline(pid: int) -> str:
 
 def group_members(pgid: int) -> set[int]:
     """Live (non-zombie) processes of process group ``pgid``."""
-    members = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2 :].split()
-        if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
-            members.add(int(entry))
-    return members
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        children.setdefault(int(data[data.rfind(")") + 2 :].split()[1]), []).append(int(entry))
-    out: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in out:
-                out.add(child)
-                stack.append(child)
-    return out
+    return {
+        pid
+        for pid, fields in proc_stats().items()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X")
+    }
 
 
 # ---------------------------------------------------------------------------- worker hosts

@@ -30,7 +30,15 @@ from typing import Any
 
 import crash_cases
 import pytest
-from conftest import MARK_ENV, RESULT_TIMEOUT, TESTS_DIR, free_tcp_port, rendezvous_pids, wait_until
+from conftest import (
+    MARK_ENV,
+    RESULT_TIMEOUT,
+    TESTS_DIR,
+    descendants,
+    free_tcp_port,
+    rendezvous_pids,
+    wait_until,
+)
 
 from zmqexecutor import ZmqExecutor
 from zmqexecutor._security import write_token_file
@@ -101,23 +109,6 @@ def cmdline(pid: int) -> list[str]:
             return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return []
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            parent = ppid(int(entry))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry))
-    out: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in out:
-                out.add(child)
-                stack.append(child)
-    return out
 
 
 # ---------------------------------------------------------------------------- the sshd
