@@ -790,6 +790,35 @@ def sweep_leftovers(grace_s=5.0):
     return sorted(killed.values())
 
 
+def run_isolated(cmd, *, cwd, env, logf, timeout):
+    """Run ``cmd`` in its own process group, output to ``logf``; on timeout kill the whole
+    group (TERM, then KILL). Returns (returncode, timed_out)."""
+    timed_out = False
+    with open(logf, "wb") as lf:
+        p = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=lf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, sig)  # the child's own process group, by its id
+                try:
+                    p.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+    return p.returncode, timed_out
+
+
 def run_child(system, wid, repeat, args, root, idx):
     rundir = os.path.join(root, f"r{idx:03d}")
     os.makedirs(rundir)
@@ -810,29 +839,7 @@ def run_child(system, wid, repeat, args, root, idx):
         "--out", out,
     ]  # fmt: skip
     t0 = time.monotonic()
-    timed_out = False
-    with open(logf, "wb") as lf:
-        p = subprocess.Popen(
-            cmd,
-            cwd=rundir,
-            env=env,
-            stdout=lf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            p.wait(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, sig)  # the child's own process group, by its id
-                try:
-                    p.wait(timeout=5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+    rc, timed_out = run_isolated(cmd, cwd=rundir, env=env, logf=logf, timeout=args.timeout)
     wall = time.monotonic() - t0
     leftovers = sweep_leftovers()
     try:
@@ -840,7 +847,7 @@ def run_child(system, wid, repeat, args, root, idx):
             res = json.load(f)
     except (OSError, ValueError):
         res = {"system": system, "workload": wid, "status": "error", "runs": []}
-        res["error"] = f"child exited with rc={p.returncode} and no result file"
+        res["error"] = f"child exited with rc={rc} and no result file"
     if timed_out:
         res["status"] = "timeout"
         res["error"] = (

@@ -343,7 +343,7 @@ def child_main(a):
 
 
 def run_child(case, workers, procs, a, root):
-    from run import sweep_leftovers
+    from run import run_isolated, sweep_leftovers
 
     out = os.path.join(root, f"{case}-{workers}-{procs}.json")
     logf = os.path.join(root, f"{case}-{workers}-{procs}.log")
@@ -356,29 +356,7 @@ def run_child(case, workers, procs, a, root):
     cmd += ["--n", str(a.n), "--repeat", str(a.repeat), "--queued", str(a.queued)]
     cmd += ["--connect-timeout", str(a.connect_timeout), "--out", out]
     t0 = time.monotonic()
-    timed_out = False
-    with open(logf, "wb") as lf:
-        p = subprocess.Popen(
-            cmd,
-            cwd=root,
-            env=env,
-            stdout=lf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            p.wait(timeout=a.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, sig)  # the child's own process group (helpers too)
-                try:
-                    p.wait(timeout=5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+    rc, timed_out = run_isolated(cmd, cwd=root, env=env, logf=logf, timeout=a.timeout)
     wall = time.monotonic() - t0
     leftovers = sweep_leftovers()
     try:
@@ -386,7 +364,7 @@ def run_child(case, workers, procs, a, root):
             res = json.load(f)
     except (OSError, ValueError):
         res = {"case": case, "status": "error", "runs": []}
-        res["error"] = f"child exited with rc={p.returncode} and no result file"
+        res["error"] = f"child exited with rc={rc} and no result file"
     if timed_out:
         res["status"] = "timeout"
         res["error"] = f"no result within {a.timeout:.0f} s (killed)"
