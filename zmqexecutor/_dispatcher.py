@@ -48,6 +48,7 @@ from ._defaults import (
     PROTOCOL_VERSION,
     TICK,
 )
+from ._net import set_heartbeats
 from ._protocol import Kind
 from ._security import Security
 from ._serialize import load_result
@@ -172,8 +173,6 @@ class Dispatcher(threading.Thread):
         self.security = security
         self.welcome = settings.welcome()
         self.initializer = initializer
-        self.prefetch = settings.prefetch
-        self.local_workers = settings.local_workers
         self.task_ids = task_ids
         self.hosts: dict[str, HostRecord] = {}
         self._next_attach = 0.0
@@ -196,8 +195,9 @@ class Dispatcher(threading.Thread):
         os.set_blocking(self._wake_w, False)
         #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
         self.idle = False
-        self._no_worker_since: float | None = None
+        #: since when tasks wait with no ready worker, and when that was last logged
         self._waiting_since: float | None = None
+        self._warned_at: float | None = None
         self.protocol_errors = 0
         self.discarded_results = 0
         self.counts = dict.fromkeys(("done", "failed", "bytes_sent", "bytes_received"), 0)
@@ -300,11 +300,13 @@ class Dispatcher(threading.Thread):
             return False
         if self.broken is not None:
             return True
-        # no submit() can come any more: cancelled futures need no worker to leave the queue
-        for _ in range(len(self.pending)):
-            item = self.pending.popleft()
-            if item.sends or not item.future.cancelled():
-                self.pending.append(item)
+        if self.pending and not self._ready_workers():
+            # no worker to pop them: cancelled futures must still leave the queue (with
+            # workers, _dispatch drops them; scanning here each round would be quadratic)
+            for _ in range(len(self.pending)):
+                item = self.pending.popleft()
+                if item.sends or not item.future.cancelled():
+                    self.pending.append(item)
         return not self.pending and not self.owner
 
     def _ready_workers(self) -> list[WorkerRecord]:
@@ -320,8 +322,8 @@ class Dispatcher(threading.Thread):
             return False
         if held < w.slots:
             return True
-        if self.prefetch is not None:
-            return held < w.slots + self.prefetch
+        if self.settings.prefetch is not None:
+            return held < w.slots + self.settings.prefetch
         estimate = self.durations.get(item.digest)
         if not backlog or estimate is None or w.unknown or held >= w.slots * MAX_PREFETCH:
             return False
@@ -483,7 +485,7 @@ class Dispatcher(threading.Thread):
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
-        set_heartbeats(push, self.settings)
+        set_heartbeats(push, self.settings.heartbeat_interval, self.settings.heartbeat_timeout)
         self.security.client(push)
         try:
             push.connect(inbox)
@@ -576,7 +578,8 @@ class Dispatcher(threading.Thread):
             body.get("error"),
             body.get("traceback", ""),
         )
-        if self.local_workers and self.init_failures >= self.local_workers:
+        local = self.settings.local_workers
+        if local and self.init_failures >= local:
             self._break(
                 "A process in the process pool was terminated abruptly while the future was "
                 f"running or pending: the initializer failed on every worker ({body.get('error')})"
@@ -665,17 +668,9 @@ class Dispatcher(threading.Thread):
                 self._lost(
                     item, w, f"{w.describe()} died after running this task; its result was lost"
                 )
-        if self.pending and not self._ready_workers():
-            if self._no_worker_since is None:
-                self._no_worker_since = now
-            elif now - self._no_worker_since > NO_WORKER_WARNING:
-                log.warning("%d task(s) wait: no worker is connected", len(self.pending))
-                self._no_worker_since = now
-        else:
-            self._no_worker_since = None
         self._check_no_workers(now)
         self._check_hosts(now)
-        self._fail_cancelled_queue_if_broken()
+        self._fail_queue_if_broken()
 
     def _lost(self, item: WorkItem, w: WorkerRecord, how: str, *, host: bool = False) -> None:
         """``item`` may have run on ``w``, which is gone: retry it elsewhere if the user
@@ -742,16 +737,21 @@ class Dispatcher(threading.Thread):
                     sock.send_multipart(attach, zmq.NOBLOCK)
 
     def _check_no_workers(self, now: float) -> None:
+        """Tasks wait while no worker is ready: warn now and then, and fail them after
+        no_worker_timeout (during shutdown after heartbeat_timeout at most)."""
+        if not self.pending or self._ready_workers():
+            self._waiting_since = self._warned_at = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = self._warned_at = now
+        elif now - (self._warned_at or now) > NO_WORKER_WARNING:
+            log.warning("%d task(s) wait: no worker is connected", len(self.pending))
+            self._warned_at = now
         limit = self.settings.no_worker_timeout
         if self.shutdown_requested or self._executor_ref() is None:
             # shutdown() must return even when every worker is gone
             limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
-        if limit is None or not self.pending or self._ready_workers():
-            self._waiting_since = None
-            return
-        if self._waiting_since is None:
-            self._waiting_since = now
-        elif now - self._waiting_since > limit:
+        if limit is not None and now - self._waiting_since > limit:
             error = NoWorkersError(
                 f"no worker was connected for {limit:g}s (no_worker_timeout); start workers "
                 f"with: zmqexecutor-worker {self.sink_address}"
@@ -761,7 +761,7 @@ class Dispatcher(threading.Thread):
                 if item.sends or item.future.set_running_or_notify_cancel():
                     item.future.set_exception(error)
 
-    def _fail_cancelled_queue_if_broken(self) -> None:
+    def _fail_queue_if_broken(self) -> None:
         if self.broken is None:
             return
         while self.pending:
@@ -775,7 +775,7 @@ class Dispatcher(threading.Thread):
         executor = self._executor_ref()
         if executor is not None:
             executor._broken = reason
-        self._fail_cancelled_queue_if_broken()
+        self._fail_queue_if_broken()
         for w in list(self.owner.values()):
             for item in w.outstanding.values():
                 if not item.future.done():
@@ -799,13 +799,6 @@ class Dispatcher(threading.Thread):
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.on_exit()
-
-
-def set_heartbeats(sock: zmq.Socket[bytes], settings: Settings) -> None:
-    """ZMTP heartbeats: libzmq drops a connection whose peer stopped answering."""
-    sock.heartbeat_ivl = int(settings.heartbeat_interval * 1000)
-    sock.heartbeat_timeout = int(settings.heartbeat_timeout * 1000)
-    sock.heartbeat_ttl = int(settings.heartbeat_timeout * 1000)
 
 
 def pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:

@@ -67,6 +67,13 @@ def bound_endpoint(sock: zmq.Socket[bytes]) -> str:
     return cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode()
 
 
+def set_heartbeats(sock: zmq.Socket[bytes], interval: float, timeout: float) -> None:
+    """ZMTP heartbeats: libzmq drops a connection whose peer stopped answering."""
+    sock.heartbeat_ivl = int(interval * 1000)
+    sock.heartbeat_timeout = int(timeout * 1000)
+    sock.heartbeat_ttl = int(timeout * 1000)
+
+
 def concrete(endpoint: str, peer_host: str | None = None) -> str:
     """An endpoint a peer can connect to: a wildcard host becomes the address that routes
     to ``peer_host`` (or this host's name when no peer is known)."""

@@ -25,8 +25,8 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
 )
-from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer, set_heartbeats
-from ._net import bound_endpoint, concrete, parse_endpoint, route_to
+from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer
+from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
 from ._stats import ExecutorStats
@@ -169,7 +169,8 @@ class ZmqExecutor(Executor):
         )
         # Local mode is ipc:// only and needs no token; any TCP endpoint does (or insecure).
         remote = bool(listen or worker_list)
-        security = Security(resolve_token(token, token_file) if remote else None)
+        resolved = resolve_token(token, token_file) if remote else None
+        security = Security(resolved)
         if listen is not None:
             check_exposure(
                 listen, secure=security.enabled, insecure=insecure, role="listen endpoint"
@@ -179,7 +180,6 @@ class ZmqExecutor(Executor):
                 endpoint, secure=security.enabled, insecure=insecure, role="worker endpoint"
             )
 
-        self._max_workers = max_workers
         self._max_message_size = max_message_size
         self._mode = "listen" if listen else "workers" if worker_list else "local"
         self._shutdown_lock = threading.Lock()
@@ -190,13 +190,12 @@ class ZmqExecutor(Executor):
         self._functions_lock = threading.Lock()
 
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._security = security
         security.start(self._context)
         self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
         sink = self._context.socket(zmq.PULL)
         sink.linger = 0
         sink.maxmsgsize = max_message_size
-        set_heartbeats(sink, settings)
+        set_heartbeats(sink, heartbeat_interval, heartbeat_timeout)
         security.server(sink)
         attach: list[zmq.Socket[bytes]] = []
         try:
@@ -213,7 +212,7 @@ class ZmqExecutor(Executor):
                 sock = self._context.socket(zmq.PUSH)
                 sock.linger = 0
                 sock.sndhwm = 10  # ATTACH is repeated until the host answers
-                set_heartbeats(sock, settings)
+                set_heartbeats(sock, heartbeat_interval, heartbeat_timeout)
                 security.client(sock)
                 sock.connect(endpoint)
                 attach.append(sock)
@@ -238,11 +237,10 @@ class ZmqExecutor(Executor):
                 ),
                 heartbeat_interval=heartbeat_interval,
                 heartbeat_timeout=heartbeat_timeout,
-                token=resolve_token(token, token_file) if security.enabled else None,
+                token=resolved,
                 context=self._context,
             )
         self._address = sink_address
-        self._supervisor = supervisor
         self._supervisor_thread = (
             threading.Thread(target=supervisor.serve, name="zmqexecutor-supervisor", daemon=True)
             if supervisor

@@ -56,7 +56,7 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
-from ._net import bound_endpoint, concrete, parse_endpoint, route_to
+from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
 from ._protocol import Kind, ResultRecord
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import error_result, exception_result, load_args, loads, value_result
@@ -86,9 +86,6 @@ class _Status:
     def __init__(self, path: str) -> None:
         with open(path, "r+b") as f:
             self._map = mmap.mmap(f.fileno(), _STATUS.size)
-
-    def set(self, started: int, finished: int, state: int, session: bytes) -> None:
-        _STATUS.pack_into(self._map, 0, started, finished, state, session)
 
     def started(self, task_id: int) -> None:
         struct.pack_into("<q", self._map, 0, task_id)
@@ -550,6 +547,7 @@ class Supervisor:
         self.log_level = log_level or logging.getLevelName(logging.getLogger().level)
         self.slots = [_Slot() for _ in range(processes)]
         self.stopping = False
+        self._terminate_requested = False
         self.host_id = uuid.uuid4().hex[:16]
         self._token = token
         self.security = Security(token)
@@ -591,7 +589,6 @@ class Supervisor:
 
     def serve(self) -> None:
         """Run until stopped and every worker process has exited."""
-        self._terminate_requested = getattr(self, "_terminate_requested", False)
         poller = self._poller
         poller.register(self._wake_r, zmq.POLLIN)
         if self.rendezvous is not None:
@@ -654,9 +651,7 @@ class Supervisor:
         report = self.ctx.socket(zmq.PUSH)
         report.linger = 1000
         report.sndhwm = 100  # heartbeats for a missing executor must not pile up
-        report.heartbeat_ivl = int(self.heartbeat_interval * 1000)
-        report.heartbeat_timeout = int(self.heartbeat_timeout * 1000)
-        report.heartbeat_ttl = int(self.heartbeat_timeout * 1000)
+        set_heartbeats(report, self.heartbeat_interval, self.heartbeat_timeout)
         self.security.client(report)
         self._monitor = report.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller.register(self._monitor, zmq.POLLIN)
