@@ -145,10 +145,6 @@ def version_mismatch(hello: dict[str, Any]) -> str | None:
     return None
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler in a worker process that is not running a task."""
-
-
 class _Refused(Exception):
     """The executor refused this worker (versions differ): a person must act."""
 
@@ -165,8 +161,6 @@ class WorkerProcess:
         self.max_tasks: int | None = None
         self.tasks_done = 0
         self.draining = False
-        self.busy = False
-        self.closing = False  #: past the point where SIGTERM may interrupt us
         self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self.seen: set[int] = set()
@@ -187,23 +181,40 @@ class WorkerProcess:
         self.sink.linger = int(WORKER_EXIT_TIMEOUT * 1000)
         # queue HELLOs only on a live connection, so a late executor gets no backlog of them
         self.sink.immediate = True
+        # SIGTERM only sets ``draining`` (raising from a handler can surface anywhere, even in
+        # a zmq destructor); the signal module writes a byte here, which ends any wait at once.
+        self.wakeup, self._wakeup_w = socket.socketpair()
+        for sock in (self.wakeup, self._wakeup_w):
+            sock.setblocking(False)
+        self._inbox_poller = zmq.Poller()
+        self._inbox_poller.register(self.inbox, zmq.POLLIN)
+        self._inbox_poller.register(self.wakeup, zmq.POLLIN)
+        self._sink_poller = zmq.Poller()
+        self._sink_poller.register(self.sink, zmq.POLLOUT)
+        self._sink_poller.register(self.wakeup, zmq.POLLIN)
+
+    def _wait(self, poller: zmq.Poller, sock: zmq.Socket[bytes], timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``sock`` (as registered in ``poller``); a signal ends
+        the wait early. True when ``sock`` is ready."""
+        events = dict(poller.poll(int(timeout * 1000)))
+        if self.wakeup in events:
+            with contextlib.suppress(BlockingIOError):
+                self.wakeup.recv(64)
+        return sock in events
 
     def run(self) -> int:
+        """Serve until drained, told to leave, or orphaned; the exit code. Main thread only."""
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         try:
             return self._serve()
-        except _Stop:  # SIGTERM while no task was running
-            self.closing = True
-            if self.session != proto.NO_SESSION:
-                self.sink.linger = 200  # BYE is a courtesy: never wait long for a gone executor
-                self._say_bye()
-            self.status.state(CLEAN_EXIT)
-            return 0
         except _Refused as e:
             log.error("%s was refused by the executor: %s", self.origin, e)
             self.status.state(REFUSED)
             return EXIT_REFUSED
         finally:
-            self.closing = True
+            signal.set_wakeup_fd(-1)
+            self.wakeup.close()
+            self._wakeup_w.close()
             self.inbox.close()
             self.sink.close()
             self.security.stop()
@@ -245,12 +256,12 @@ class WorkerProcess:
         )
         while not self.draining:
             # immediate=True: writable only once connected, so a HELLO is never queued stale
-            if self.sink.poll(int(HELLO_INTERVAL * 1000), zmq.POLLOUT):
+            if self._wait(self._sink_poller, self.sink, HELLO_INTERVAL):
                 self.sink.send_multipart(hello, zmq.NOBLOCK)
             deadline = time.monotonic() + HELLO_INTERVAL
-            while (timeout := deadline - time.monotonic()) > 0:
-                if not self.inbox.poll(int(timeout * 1000) + 1):
-                    break
+            while not self.draining and (timeout := deadline - time.monotonic()) > 0:
+                if not self._wait(self._inbox_poller, self.inbox, timeout + 0.001):
+                    continue
                 frames = self.inbox.recv_multipart(copy=False)
                 try:
                     kind, session, _ = proto.parse_header(frames[0].buffer)
@@ -305,7 +316,7 @@ class WorkerProcess:
 
     def _loop(self) -> None:
         while not self.draining:
-            if not self.inbox.poll(int(TICK * 1000)):
+            if not self._wait(self._inbox_poller, self.inbox, TICK):
                 if self._orphaned():
                     log.error("%s: supervisor is gone, exiting", self.origin)
                     return
@@ -324,13 +335,11 @@ class WorkerProcess:
             except proto.ProtocolError as e:
                 log.warning("%s dropped a bad message: %s", self.origin, e)
                 continue
-            self.busy = True
-            try:
-                if self._run_tasks(functions, tasks):
-                    return
-            finally:
-                self.busy = False
-        self.closing = False  #: past the point where SIGTERM may interrupt us
+            if self._run_tasks(functions, tasks):
+                return
+        # SIGTERM while idle: nothing runs, so leave at once
+        self.sink.linger = 200  # BYE is a courtesy: never wait long for a gone executor
+        self._say_bye()
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
@@ -475,10 +484,7 @@ def child_main() -> None:
     worker = WorkerProcess(config)
 
     def drain(signum: int, frame: object) -> None:
-        worker.draining = True  # finish the running task first
-        if not worker.busy and not worker.closing:
-            worker.closing = True
-            raise _Stop
+        worker.draining = True  # a running task finishes first; waits end at once
 
     signal.signal(signal.SIGTERM, drain)
     sys.exit(worker.run())
