@@ -277,6 +277,15 @@ def test_map(ex2: ZmqExecutor, chunksize: int) -> None:
     assert list(result) == expected
 
 
+@pytest.mark.parametrize("chunksize", [2, 7, 1000])
+def test_map_one_iterable_in_chunks(ex2: ZmqExecutor, chunksize: int) -> None:
+    """One iterable travels as a plain list per chunk; items that are tuples stay whole."""
+    pairs = [(i, -i) for i in range(25)]
+    assert list(ex2.map(len, iter(pairs), chunksize=chunksize, timeout=RESULT_TIMEOUT)) == [2] * 25
+    assert list(ex2.map(abs, range(-30, 0), chunksize=chunksize)) == list(range(30, 0, -1))
+    assert list(ex2.map(abs, [], chunksize=chunksize)) == []
+
+
 def test_map_stops_at_shortest_iterable_and_empty(ex2: ZmqExecutor) -> None:
     assert list(ex2.map(pow, [2, 3, 4], [1, 2], timeout=RESULT_TIMEOUT)) == [2, 9]
     assert list(ex2.map(abs, [], timeout=RESULT_TIMEOUT)) == []

@@ -363,12 +363,14 @@ class ZmqExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(
-            partial(_process_chunk, fn),
-            _get_chunks(*iterables, chunksize=chunksize),
-            timeout=timeout,
-        )
-        return _chain_from_iterable_of_lists(results)
+        if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
+            process, it = _process_chunk, iter(iterables[0])
+        else:
+            process, it = _process_star_chunk, zip(*iterables, strict=False)
+        chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
+        results = super().map(partial(process, fn), chunks, timeout=timeout)
+        # keeps at most one chunk of results alive (the stdlib drops each as it is yielded)
+        return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; run what is queued (or cancel it), then stop the workers.
@@ -446,20 +448,11 @@ def _release(
     log.debug("%s executor released its resources", mode)
 
 
-def _process_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
-    """Runs on the worker: one task for ``chunksize`` items of map()."""
-    return [fn(*args) for args in chunk]
+def _process_chunk(fn: Callable[..., T], chunk: list[Any]) -> list[T]:
+    """Runs on the worker: one task for ``chunksize`` items of map() over one iterable."""
+    return list(map(fn, chunk))
 
 
-def _get_chunks(*iterables: Iterable[Any], chunksize: int) -> Iterator[list[tuple[Any, ...]]]:
-    it = zip(*iterables, strict=False)
-    while chunk := list(itertools.islice(it, chunksize)):
-        yield chunk
-
-
-def _chain_from_iterable_of_lists(iterable: Iterator[list[T]]) -> Iterator[T]:
-    """Flatten the chunks' result lists, dropping each one as soon as it is consumed."""
-    for element in iterable:
-        element.reverse()
-        while element:
-            yield element.pop()
+def _process_star_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
+    """Runs on the worker: one task for ``chunksize`` items of map() over several iterables."""
+    return list(itertools.starmap(fn, chunk))
