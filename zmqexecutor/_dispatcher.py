@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -105,7 +105,7 @@ class WorkItem:
     digest: bytes
     fn_bytes: bytes
     payload: bytes
-    buffers: list[Any]
+    buffers: Sequence[Any]
     #: times sent to a worker (a task sent back to the queue unstarted is sent again)
     sends: int = 0
     #: expected run time when it was sent (seconds; None if unknown)
@@ -407,7 +407,7 @@ class Dispatcher(threading.Thread):
         self,
         w: WorkerRecord,
         functions: list[tuple[bytes, bytes]],
-        tasks: list[tuple[int, bytes, bytes, list[Any]]],
+        tasks: list[tuple[int, bytes, bytes, Sequence[Any]]],
     ) -> None:
         frames = proto.encode_tasks(self.session, functions, tasks)
         self.counts["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)

@@ -9,7 +9,7 @@ import json
 import pickle
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -21,6 +21,7 @@ from .errors import RemoteError, RemoteTraceback
 # Arguments made only of these types pickle identically (and faster) with the C pickler.
 _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
 EMPTY_ARGS = b""
+NO_BUFFERS: tuple[Any, ...] = ()  #: shared, so a queued task without buffers costs no list
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -41,14 +42,15 @@ def loads(data: Any, buffers: list[Any] = []) -> Any:  # noqa: B006 (never mutat
     return pickle.loads(data, buffers=buffers)
 
 
-def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, list[Any]]:
+def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, Sequence[Any]]:
     """Pickle a call's arguments; ``EMPTY_ARGS`` stands for ``((), {})``."""
     if not kwargs:
         if not args:
-            return EMPTY_ARGS, []
+            return EMPTY_ARGS, NO_BUFFERS
         if len(args) < 8 and all(type(a) in _PLAIN_TYPES for a in args):
-            return pickle.dumps((args, kwargs), protocol=5), []
-    return dumps((args, kwargs))
+            return pickle.dumps((args, kwargs), protocol=5), NO_BUFFERS
+    data, buffers = dumps((args, kwargs))
+    return data, buffers or NO_BUFFERS
 
 
 def load_args(payload: Any, buffers: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -26,6 +26,7 @@ from ._defaults import (
     DEFAULT_MAX_MESSAGE_SIZE,
 )
 from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer
+from ._future import LazyFuture
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
@@ -293,7 +294,7 @@ class ZmqExecutor(Executor):
             BrokenZmqExecutor: the executor can no longer run tasks.
         """
         self._check_open()
-        future: Future[T] = Future()
+        future: Future[T] = LazyFuture()
         task_id = next(self._task_ids)
         try:
             digest, fn_bytes = self._pickle_function(fn)
