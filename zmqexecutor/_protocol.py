@@ -58,6 +58,11 @@ class Status(enum.IntEnum):
     ERROR = 2  #: payload is JSON {"error": name, "message": ..., "traceback": ...}
 
 
+# Enum(x) costs microseconds per call; these lookups are what the receive loops use.
+_KINDS = {k.value: k for k in Kind}
+_STATUSES = {s.value: s for s in Status}
+
+
 class ProtocolError(ValueError):
     """A message that does not follow the wire format; it is dropped."""
 
@@ -102,10 +107,10 @@ def parse_header(frame: bytes | memoryview) -> tuple[Kind, bytes, int]:
         raise ProtocolError("bad magic")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(version, kind)
-    try:
-        return Kind(kind), session, count
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {kind}") from None
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown message kind {kind}")
+    return known, session, count
 
 
 # -- control messages ----------------------------------------------------------------
@@ -233,10 +238,9 @@ def decode_results(frames: Sequence[Any]) -> tuple[bytes, list[ResultRecord]]:
     offset = 0
     frame_no = 3
     for task_id, status, length, n_bufs, micros in _RESULT_RECORD.iter_unpack(index):
-        try:
-            st = Status(status)
-        except ValueError:
-            raise ProtocolError(f"unknown result status {status}") from None
+        st = _STATUSES.get(status)
+        if st is None:
+            raise ProtocolError(f"unknown result status {status}")
         results.append(
             ResultRecord(
                 task_id,

@@ -16,7 +16,7 @@ import cloudpickle
 
 from ._defaults import FN_CACHE_SIZE, OOB_THRESHOLD
 from ._protocol import ResultRecord, Status
-from .errors import RemoteError, RemoteTraceback
+from .errors import RemoteError, RemoteTraceback, ResultSerializationError
 
 # Arguments made only of these types pickle identically (and faster) with the C pickler.
 _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -105,8 +105,6 @@ def error_result(
 
 
 def value_result(task_id: int, value: Any) -> ResultRecord:
-    from .errors import ResultSerializationError
-
     if type(value) in _PLAIN_TYPES:  # the C pickler is several times faster here
         return ResultRecord(task_id, Status.OK, pickle.dumps(value, protocol=5))
     try:

@@ -432,7 +432,8 @@ class WorkerProcess:
 
     def _send_result_batch(self, results: list[ResultRecord]) -> None:
         frames = proto.encode_results(self.session, self.worker_id.encode(), results)
-        self.sink.send_multipart(frames, copy=False)
+        # zero-copy pays only for the out-of-band buffers (frames past the third)
+        self.sink.send_multipart(frames, copy=len(frames) == 3)
 
     def _learn_function(self, digest: bytes, data: memoryview) -> None:
         fn: Callable[..., Any] | BaseException
