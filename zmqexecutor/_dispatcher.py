@@ -393,14 +393,15 @@ class Dispatcher(threading.Thread):
                     w.functions.popitem(last=False)
         tasks = [(i.task_id, i.digest, i.payload, i.buffers) for i in items]
         w.sent += len(items)
-        # ZMQ_MAXMSGSIZE bounds each frame: keep every message's blob under the limit
+        # ZMQ_MAXMSGSIZE bounds each frame: keep every message's first frame under the limit
         limit = self.settings.max_message_size
-        start, size = 0, sum(len(data) for _, data in functions)
+        start, size = 0, sum(len(data) + proto.RECORD_OVERHEAD for _, data in functions)
         for end, task in enumerate(tasks):
-            if end > start and size + len(task[2]) > limit:
+            cost = len(task[2]) + proto.RECORD_OVERHEAD
+            if end > start and size + cost > limit:
                 self._send(w, functions, tasks[start:end])
                 functions, start, size = [], end, 0
-            size += len(task[2])
+            size += cost
         self._send(w, functions, tasks[start:])
 
     def _send(
@@ -411,7 +412,7 @@ class Dispatcher(threading.Thread):
     ) -> None:
         frames = proto.encode_tasks(self.session, functions, tasks)
         self.counts["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)
-        w.push.send_multipart(frames, copy=len(frames) == 3)
+        w.push.send_multipart(frames, copy=len(frames) == 1)  # zero-copy only pays for buffers
 
     # -- receiving ----------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ Every message is a list of frames whose first frame is the header::
 
     magic "ZMQX" | version u8 | kind u8 | flags u16 | session 8 bytes | count u32
 
-Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, ...) carry one JSON frame:
-nothing in them is unpickled. TASKS and RESULTS carry a packed index frame, one blob frame
-with the small pickles side by side, and one frame per out-of-band (pickle protocol 5)
-buffer, so large arrays travel without a copy.
+Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, ...) are the header frame and
+one JSON frame: nothing in them is unpickled. TASKS and RESULTS are one frame of header,
+packed index and blob (the small pickles side by side; one frame, because every frame costs
+microseconds on the way), then one frame per out-of-band (pickle protocol 5) buffer, so
+large arrays travel without a copy. The index's size follows from the counts, and every
+length is checked against the frames before anything is sliced.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ _TASK_RECORD = struct.Struct("<q16sIH")  # task id, callable digest, payload len
 # RESULTS index: one record per result.
 _RESULT_RECORD = struct.Struct("<qBIHI")  # task id, status, payload length, buffers, run µs
 _MAX_MICROS = 2**32 - 1
+#: RESULTS index: the sending worker's id first
+SENDER = struct.Struct("<16s")
+#: bytes a TASKS or RESULTS frame holds besides the pickles of its one task or result: a
+#: pickle may be at most this much under the frame limit (ZMQ_MAXMSGSIZE)
+RECORD_OVERHEAD = (
+    HEADER.size + max(_TASKS_COUNTS.size + _FN_RECORD.size + _TASK_RECORD.size,
+                      SENDER.size + _RESULT_RECORD.size)
+)  # fmt: skip
 
 
 class Kind(enum.IntEnum):
@@ -100,9 +110,9 @@ def header(kind: Kind, session: bytes = NO_SESSION, count: int = 0) -> bytes:
 
 def parse_header(frame: bytes | memoryview) -> tuple[Kind, bytes, int]:
     """Return (kind, session, count) of a header frame or raise ProtocolError."""
-    if len(frame) != HEADER.size:
+    if len(frame) < HEADER.size:
         raise ProtocolError(f"header of {len(frame)} bytes, expected {HEADER.size}")
-    magic, version, kind, _flags, session, count = HEADER.unpack(frame)
+    magic, version, kind, _flags, session, count = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise ProtocolError("bad magic")
     if version != PROTOCOL_VERSION:
@@ -124,6 +134,8 @@ def parse_control(frames: Sequence[Any], n_frames: int = 2) -> dict[str, Any]:
     """The JSON body of a control message of exactly ``n_frames`` frames."""
     if len(frames) != n_frames:
         raise ProtocolError(f"control message with {len(frames)} frames, expected {n_frames}")
+    if len(frames[0]) != HEADER.size:
+        raise ProtocolError(f"control message header of {len(frames[0])} bytes")
     try:
         body = json.loads(bytes(frames[1]))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -147,55 +159,64 @@ def encode_tasks(
         functions: (digest, pickled callable) for callables the worker has not seen yet.
         tasks: (task id, callable digest, pickled (args, kwargs), out-of-band buffers).
     """
-    index = [_TASKS_COUNTS.pack(len(functions), len(tasks))]
+    parts = [
+        header(Kind.TASKS, session, len(tasks)),
+        _TASKS_COUNTS.pack(len(functions), len(tasks)),
+    ]
     blob: list[bytes] = []
     buffers: list[Any] = []
     for digest, data in functions:
-        index.append(_FN_RECORD.pack(digest, len(data)))
+        parts.append(_FN_RECORD.pack(digest, len(data)))
         blob.append(data)
     for task_id, digest, payload, bufs in tasks:
-        index.append(_TASK_RECORD.pack(task_id, digest, len(payload), len(bufs)))
+        parts.append(_TASK_RECORD.pack(task_id, digest, len(payload), len(bufs)))
         blob.append(payload)
         buffers.extend(bufs)
-    return [header(Kind.TASKS, session, len(tasks)), b"".join(index), b"".join(blob), *buffers]
+    parts.extend(blob)
+    return [b"".join(parts), *buffers]
+
+
+def _body(frames: Sequence[Any], what: str) -> memoryview:
+    """The first frame after its header (which the caller has checked)."""
+    if not frames:
+        raise ProtocolError(f"{what} message without frames")
+    return memoryview(frames[0])[HEADER.size :]
 
 
 def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[TaskRecord]]:
     """Return ({digest: pickled callable}, [TaskRecord]) or raise ProtocolError."""
-    if len(frames) < 3:
-        raise ProtocolError(f"TASKS message with {len(frames)} frames")
-    index = memoryview(frames[1])
-    blob = memoryview(frames[2])
+    body = _body(frames, "TASKS")
     try:
-        n_fns, n_tasks = _TASKS_COUNTS.unpack_from(index, 0)
-        expected = _TASKS_COUNTS.size + n_fns * _FN_RECORD.size + n_tasks * _TASK_RECORD.size
-        if len(index) != expected:
-            raise ProtocolError(f"TASKS index of {len(index)} bytes, expected {expected}")
-        pos = _TASKS_COUNTS.size
-        offset = 0
-        functions: dict[bytes, memoryview] = {}
-        for _ in range(n_fns):
-            digest, length = _FN_RECORD.unpack_from(index, pos)
-            pos += _FN_RECORD.size
-            functions[digest] = blob[offset : offset + length]
-            offset += length
-        tasks: list[TaskRecord] = []
-        frame_no = 3
-        for _ in range(n_tasks):
-            task_id, digest, length, n_bufs = _TASK_RECORD.unpack_from(index, pos)
-            pos += _TASK_RECORD.size
-            tasks.append(
-                TaskRecord(
-                    task_id,
-                    digest,
-                    blob[offset : offset + length],
-                    list(frames[frame_no : frame_no + n_bufs]),
-                )
+        n_fns, n_tasks = _TASKS_COUNTS.unpack_from(body, 0)
+    except struct.error:
+        raise ProtocolError("TASKS index truncated") from None
+    index_size = _TASKS_COUNTS.size + n_fns * _FN_RECORD.size + n_tasks * _TASK_RECORD.size
+    if len(body) < index_size:
+        raise ProtocolError(f"TASKS frame of {len(body)} bytes, its index needs {index_size}")
+    blob = body[index_size:]
+    pos = _TASKS_COUNTS.size
+    offset = 0
+    functions: dict[bytes, memoryview] = {}
+    for _ in range(n_fns):
+        digest, length = _FN_RECORD.unpack_from(body, pos)
+        pos += _FN_RECORD.size
+        functions[digest] = blob[offset : offset + length]
+        offset += length
+    tasks: list[TaskRecord] = []
+    frame_no = 1
+    for _ in range(n_tasks):
+        task_id, digest, length, n_bufs = _TASK_RECORD.unpack_from(body, pos)
+        pos += _TASK_RECORD.size
+        tasks.append(
+            TaskRecord(
+                task_id,
+                digest,
+                blob[offset : offset + length],
+                list(frames[frame_no : frame_no + n_bufs]),
             )
-            offset += length
-            frame_no += n_bufs
-    except struct.error as e:
-        raise ProtocolError(f"TASKS index truncated: {e}") from None
+        )
+        offset += length
+        frame_no += n_bufs
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("TASKS lengths do not match the frames")
     return functions, tasks
@@ -204,40 +225,36 @@ def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[T
 # -- results -------------------------------------------------------------------------
 
 
-#: RESULTS index frame: the sending worker's id, then one record per result
-SENDER = struct.Struct("<16s")
-
-
 def encode_results(session: bytes, sender: bytes, results: Sequence[ResultRecord]) -> list[Any]:
-    index = [SENDER.pack(sender)]
-    blob = []
+    parts = [header(Kind.RESULTS, session, len(results)), SENDER.pack(sender)]
+    blob: list[Any] = []
     buffers: list[Any] = []
     for r in results:
         micros = min(_MAX_MICROS, int(r.duration * 1e6))
-        index.append(
+        parts.append(
             _RESULT_RECORD.pack(r.task_id, r.status, len(r.payload), len(r.buffers), micros)
         )
         blob.append(r.payload)
         buffers.extend(r.buffers)
-    return [header(Kind.RESULTS, session, len(results)), b"".join(index), b"".join(blob), *buffers]
+    parts.extend(blob)
+    return [b"".join(parts), *buffers]
 
 
 def decode_results(frames: Sequence[Any]) -> tuple[bytes, list[ResultRecord]]:
     """Return (sender worker id, records) or raise ProtocolError."""
-    if len(frames) < 3:
-        raise ProtocolError(f"RESULTS message with {len(frames)} frames")
-    index = memoryview(frames[1])
-    blob = memoryview(frames[2])
-    if len(index) < SENDER.size:
-        raise ProtocolError("RESULTS index without a sender")
-    (sender,) = SENDER.unpack_from(index, 0)
-    index = index[SENDER.size :]
-    if len(index) % _RESULT_RECORD.size:
-        raise ProtocolError("RESULTS index has a partial record")
+    body = _body(frames, "RESULTS")
+    count = HEADER.unpack_from(frames[0])[-1]
+    index_size = SENDER.size + count * _RESULT_RECORD.size
+    if len(body) < index_size:
+        raise ProtocolError(f"RESULTS frame of {len(body)} bytes, its index needs {index_size}")
+    (sender,) = SENDER.unpack_from(body, 0)
+    blob = body[index_size:]
     results = []
     offset = 0
-    frame_no = 3
-    for task_id, status, length, n_bufs, micros in _RESULT_RECORD.iter_unpack(index):
+    frame_no = 1
+    for task_id, status, length, n_bufs, micros in _RESULT_RECORD.iter_unpack(
+        body[SENDER.size : index_size]
+    ):
         st = _STATUSES.get(status)
         if st is None:
             raise ProtocolError(f"unknown result status {status}")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import zmq
 
+from . import _protocol as proto
 from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -309,7 +310,11 @@ class ZmqExecutor(Executor):
             )
             future.exception().__cause__ = e  # type: ignore[union-attr]
             return future
-        size = max(len(fn_bytes) + len(payload), *(memoryview(b).nbytes for b in buffers), 0)
+        size = max(
+            len(fn_bytes) + len(payload) + proto.RECORD_OVERHEAD,
+            *(memoryview(b).nbytes for b in buffers),
+            0,
+        )
         if size > self._max_message_size:
             future.set_exception(
                 TaskTooLargeError(

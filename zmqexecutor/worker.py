@@ -409,7 +409,11 @@ class WorkerProcess:
 
     def _check_size(self, result: ResultRecord) -> ResultRecord:
         """A result over the executor's frame limit becomes an error it can receive."""
-        size = max(len(result.payload), *(memoryview(b).nbytes for b in result.buffers), 0)
+        size = max(
+            len(result.payload) + proto.RECORD_OVERHEAD,
+            *(memoryview(b).nbytes for b in result.buffers),
+            0,
+        )
         if size <= self.max_message_size:
             return result
         return error_result(
@@ -421,19 +425,19 @@ class WorkerProcess:
         )
 
     def _send_results(self, results: list[ResultRecord]) -> None:
-        # ZMQ_MAXMSGSIZE bounds each frame: keep each message's blob under the limit
+        # ZMQ_MAXMSGSIZE bounds each frame: keep each message's first frame under the limit
         start, size = 0, 0
         for end, result in enumerate(results):
-            if end > start and size + len(result.payload) > self.max_message_size:
+            cost = len(result.payload) + proto.RECORD_OVERHEAD
+            if end > start and size + cost > self.max_message_size:
                 self._send_result_batch(results[start:end])
                 start, size = end, 0
-            size += len(result.payload)
+            size += cost
         self._send_result_batch(results[start:])
 
     def _send_result_batch(self, results: list[ResultRecord]) -> None:
         frames = proto.encode_results(self.session, self.worker_id.encode(), results)
-        # zero-copy pays only for the out-of-band buffers (frames past the third)
-        self.sink.send_multipart(frames, copy=len(frames) == 3)
+        self.sink.send_multipart(frames, copy=len(frames) == 1)  # zero-copy only pays for buffers
 
     def _learn_function(self, digest: bytes, data: memoryview) -> None:
         fn: Callable[..., Any] | BaseException
