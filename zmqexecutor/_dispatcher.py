@@ -202,6 +202,8 @@ class Dispatcher(threading.Thread):
         self.discarded_results = 0
         self.counts = dict.fromkeys(("done", "failed", "bytes_sent", "bytes_received"), 0)
         self._stats_requests: deque[Future[ExecutorStats]] = deque()
+        #: results received but not yet set on their futures (see _resolve)
+        self._results: list[tuple[Future[Any], bool, Any]] = []
 
     # -- called from other threads ----------------------------------------------------
 
@@ -224,6 +226,7 @@ class Dispatcher(threading.Thread):
                     self.idle = False
                     continue
                 timeout = self._timeout()
+                self._resolve()
                 events = dict(poller.poll(timeout))
                 self.idle = False
                 if self._wake_r in events:
@@ -238,6 +241,7 @@ class Dispatcher(threading.Thread):
             self._break("the dispatcher thread failed (see the log)")
             raise
         finally:
+            self._resolve()
             self._close()
             self._answer_stats_requests()
 
@@ -553,15 +557,23 @@ class Dispatcher(threading.Thread):
             self._release(w, item)
             self._learn_duration(item.digest, record.duration)
             ok, value = load_result(record)
+            w.done += 1
             if ok:
-                w.done += 1
                 self.counts["done"] += 1
-                item.future.set_result(value)
             else:
-                w.done += 1
                 w.failed += 1
                 self.counts["failed"] += 1
-                item.future.set_exception(value)
+            self._results.append((item.future, ok, value))
+
+    def _resolve(self) -> None:
+        """Set the received results on their futures: last thing before poll(), which
+        releases the GIL, so a woken caller does not wait for the rest of the loop."""
+        results, self._results = self._results, []
+        for future, ok, value in results:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _learn_duration(self, digest: bytes, duration: float) -> None:
         old = self.durations.get(digest)

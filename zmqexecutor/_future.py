@@ -17,7 +17,8 @@ class LazyFuture(_StdFuture[T]):
     only matters once somebody waits on it or it completes; a million queued tasks would
     hold 1.6 GB of them. This one costs about 100 bytes until then. Every method is the
     stdlib's: they, ``wait`` and ``as_completed`` reach the attributes through
-    ``__getattr__``, and ``dict.setdefault`` makes the first creation atomic.
+    ``__getattr__`` (or ``_materialize``), and ``dict.setdefault`` makes the first creation
+    atomic, so threads that race to it share one Condition.
     """
 
     def __init__(self) -> None:  # the base's __init__ minus what is made lazily
@@ -33,3 +34,26 @@ class LazyFuture(_StdFuture[T]):
         else:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return self.__dict__.setdefault(name, value)
+
+    def _materialize(self) -> None:
+        """Make all the lazy attributes at once: each miss through ``__getattr__`` costs a
+        caught AttributeError, and the dispatcher's calls below are on every task's path."""
+        d = self.__dict__
+        if "_waiters" not in d:
+            d.setdefault("_waiters", [])
+        if "_done_callbacks" not in d:
+            d.setdefault("_done_callbacks", [])
+        if "_condition" not in d:
+            d.setdefault("_condition", threading.Condition())
+
+    def set_running_or_notify_cancel(self) -> bool:
+        self._materialize()
+        return super().set_running_or_notify_cancel()
+
+    def set_result(self, result: T) -> None:
+        self._materialize()
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._materialize()
+        super().set_exception(exception)
