@@ -50,6 +50,56 @@ def test_callbacks_cancel_exception_and_missing_attributes() -> None:
         g.no_such_attribute  # noqa: B018
 
 
+def test_cancel_of_an_untouched_future_makes_no_lock_and_keeps_the_contract() -> None:
+    f: LazyFuture[int] = LazyFuture()
+    assert f.cancel() and f.cancel()  # the stdlib answers True again
+    assert "_condition" not in vars(f)
+    assert f.cancelled() and f.done()
+    with pytest.raises(cf.CancelledError):
+        f.result(timeout=0)
+    seen: list[cf.Future[int]] = []
+    f.add_done_callback(seen.append)  # runs at once on a done future
+    assert seen == [f]
+    assert not f.set_running_or_notify_cancel()  # what the dispatcher does with it
+    done, _ = cf.wait([f], timeout=0)  # as for the stdlib's, only once notified
+    assert done == {f}
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(1)
+
+
+def test_cancel_races_with_waiters_and_the_dispatcher() -> None:
+    """Cancel while other threads start waiting or try to run it: every waiter sees the
+    outcome, whichever thread made the Condition."""
+    for _ in range(200):
+        f: LazyFuture[int] = LazyFuture()
+        barrier = threading.Barrier(3)
+        outcome: list[str] = []
+
+        def waiter(fut: LazyFuture[int], b: threading.Barrier, out: list[str]) -> None:
+            b.wait(timeout=10)
+            done, _ = cf.wait([fut], timeout=10)
+            out.append("done" if done else "hung")
+
+        def runner(fut: LazyFuture[int], b: threading.Barrier) -> None:
+            b.wait(timeout=10)
+            if fut.set_running_or_notify_cancel():  # False if cancelled: then it notifies
+                fut.set_result(1)
+
+        threads = [
+            threading.Thread(target=waiter, args=(f, barrier, outcome)),
+            threading.Thread(target=runner, args=(f, barrier)),
+        ]
+        for t in threads:
+            t.start()
+        barrier.wait(timeout=10)
+        cancelled = f.cancel()
+        for t in threads:
+            t.join(timeout=10)
+        assert outcome == ["done"]
+        assert f.cancelled() == cancelled
+        assert cancelled or f.result(timeout=0) == 1
+
+
 def test_first_use_from_many_threads_makes_one_condition() -> None:
     """Waiters that arrive together share one Condition, so the result wakes them all."""
     f: LazyFuture[str] = LazyFuture()

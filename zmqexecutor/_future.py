@@ -9,6 +9,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: held while a future's Condition is made, so that "no Condition yet" is a state cancel()
+#: can rely on: nobody has locked, waited on or added a callback to such a future
+_MAKING = threading.Lock()
+
 
 class LazyFuture(_StdFuture[T]):
     """A ``concurrent.futures.Future`` that creates its Condition and lists on first use.
@@ -17,8 +21,10 @@ class LazyFuture(_StdFuture[T]):
     only matters once somebody waits on it or it completes; a million queued tasks would
     hold 1.6 GB of them. This one costs about 100 bytes until then. Every method is the
     stdlib's: they, ``wait`` and ``as_completed`` reach the attributes through
-    ``__getattr__`` (or ``_materialize``), and ``dict.setdefault`` makes the first creation
-    atomic, so threads that race to it share one Condition.
+    ``__getattr__`` (or ``_materialize``); ``dict.setdefault`` and ``_MAKING`` make the
+    first creation atomic, so threads that race to it share one Condition. ``cancel`` of a
+    future nobody has touched makes no Condition at all (``shutdown(cancel_futures=True)``
+    with a million queued tasks).
     """
 
     def __init__(self) -> None:  # the base's __init__ minus what is made lazily
@@ -28,12 +34,11 @@ class LazyFuture(_StdFuture[T]):
 
     def __getattr__(self, name: str) -> Any:
         if name == "_condition":
-            value: Any = threading.Condition()
-        elif name == "_waiters" or name == "_done_callbacks":
-            value = []
-        else:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self.__dict__.setdefault(name, value)
+            with _MAKING:
+                return self.__dict__.setdefault("_condition", threading.Condition())
+        if name == "_waiters" or name == "_done_callbacks":
+            return self.__dict__.setdefault(name, [])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _materialize(self) -> None:
         """Make all the lazy attributes at once: each miss through ``__getattr__`` costs a
@@ -44,7 +49,17 @@ class LazyFuture(_StdFuture[T]):
         if "_done_callbacks" not in d:
             d.setdefault("_done_callbacks", [])
         if "_condition" not in d:
-            d.setdefault("_condition", threading.Condition())
+            with _MAKING:
+                d.setdefault("_condition", threading.Condition())
+
+    def cancel(self) -> bool:
+        with _MAKING:
+            if "_condition" not in self.__dict__:
+                # untouched: nobody waits, no callback; only our own cancel set a state
+                self._state = _base.CANCELLED
+                return True
+        self._materialize()
+        return super().cancel()
 
     def set_running_or_notify_cancel(self) -> bool:
         self._materialize()

@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -203,8 +204,11 @@ class WorkerProcess:
         return sock in events
 
     def run(self) -> int:
-        """Serve until drained, told to leave, or orphaned; the exit code. Main thread only."""
-        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        """Serve until drained, told to leave, or orphaned; the exit code."""
+        # signals reach the main thread only (benchmarks run simulated workers in threads)
+        on_signals = threading.current_thread() is threading.main_thread()
+        if on_signals:
+            signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         try:
             return self._serve()
         except _Refused as e:
@@ -212,7 +216,8 @@ class WorkerProcess:
             self.status.state(REFUSED)
             return EXIT_REFUSED
         finally:
-            signal.set_wakeup_fd(-1)
+            if on_signals:
+                signal.set_wakeup_fd(-1)
             self.wakeup.close()
             self._wakeup_w.close()
             self.inbox.close()
