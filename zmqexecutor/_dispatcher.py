@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,10 @@ class Dispatcher(threading.Thread):
         #: moving average of each callable's run time (by digest): how much to prefetch
         self.durations: dict[bytes, float] = {}
         self.workers: dict[str, WorkerRecord] = {}
+        #: the workers that are READY, and those of them with a free slot, longest idle first
+        #: (the zguide's LRU queue): with 200 workers no round scans them all
+        self._ready: dict[str, WorkerRecord] = {}
+        self._idle: OrderedDict[str, WorkerRecord] = OrderedDict()
         self.shutdown_requested = False
         self.broken: str | None = None
         self.init_failures = 0
@@ -295,7 +300,7 @@ class Dispatcher(threading.Thread):
 
     def _timeout(self) -> int:
         tick = min(TICK, self.settings.heartbeat_interval)
-        if self._grace or (self.pending and not self._ready_workers()):
+        if self._grace or (self.pending and not self._ready):
             tick /= 5
         return int(tick * 1000)
 
@@ -304,7 +309,7 @@ class Dispatcher(threading.Thread):
             return False
         if self.broken is not None:
             return True
-        if self.pending and not self._ready_workers():
+        if self.pending and not self._ready:
             # no worker to pop them: cancelled futures must still leave the queue (with
             # workers, _dispatch drops them; scanning here each round would be quadratic)
             for _ in range(len(self.pending)):
@@ -312,9 +317,6 @@ class Dispatcher(threading.Thread):
                 if item.sends or not item.future.cancelled():
                     self.pending.append(item)
         return not self.pending and not self.owner
-
-    def _ready_workers(self) -> list[WorkerRecord]:
-        return [w for w in self.workers.values() if w.ready]
 
     def _accepts(self, w: WorkerRecord, item: WorkItem, now: float, backlog: bool) -> bool:
         """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
@@ -339,7 +341,7 @@ class Dispatcher(threading.Thread):
 
     def _has_room(self) -> bool:
         """True if a task submitted now could be sent at once (submit() must wake us)."""
-        return any(w.ready and len(w.outstanding) < w.slots for w in self.workers.values())
+        return bool(self._idle)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -347,16 +349,25 @@ class Dispatcher(threading.Thread):
         """Give pending tasks, in order, to the least loaded ready worker that accepts them."""
         if not self.pending:
             return
+        if len(self.pending) <= len(self._idle) and not any(i.lost_on for i in self.pending):
+            # a free slot for every task: the workers idle longest take them, and no
+            # round costs time in proportion to the number of workers
+            candidates: Iterable[WorkerRecord] = list(
+                itertools.islice(self._idle.values(), len(self.pending))
+            )
+            backlog = False
+        else:
+            candidates = self._ready.values()
+            # A few tasks are spread one per worker, never prefetched: they may wait for each
+            # other, and a task queued behind one that blocks cannot be taken back yet.
+            slots = sum(w.slots for w in candidates)
+            backlog = len(self.pending) >= PREFETCH_BACKLOG * slots
         heap = [(len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
-                for w in self.workers.values() if w.ready]  # fmt: skip
+                for w in candidates if w.remaining is None or w.remaining > 0]  # fmt: skip
         heapq.heapify(heap)
         batches: dict[str, list[WorkItem]] = {}
         deferred: list[WorkItem] = []
         now = time.monotonic()
-        # A few tasks are spread one per worker, never prefetched: they may wait for each
-        # other, and a task queued behind one that blocks cannot be taken back yet.
-        slots = sum(self.workers[entry[3]].slots for entry in heap)
-        backlog = len(self.pending) >= PREFETCH_BACKLOG * slots
         while heap and self.pending:
             worker_id = heap[0][3]
             w = self.workers[worker_id]
@@ -377,6 +388,8 @@ class Dispatcher(threading.Thread):
             item.sends += 1
             if w.remaining is not None:
                 w.remaining -= 1
+            if not self._has_slot(w):
+                self._idle.pop(worker_id, None)
             batch = batches.setdefault(worker_id, [])
             batch.append(item)
             if len(batch) >= DEFAULT_MAX_BATCH:
@@ -460,6 +473,9 @@ class Dispatcher(threading.Thread):
             return
         if kind is Kind.READY:
             w.ready = True
+            self._ready[w.worker_id] = w
+            if self._has_slot(w):
+                self._idle[w.worker_id] = w
             log.info("%s is ready", w.describe())
         elif kind is Kind.INIT_FAILED:
             self._on_init_failed(w, body)
@@ -644,19 +660,28 @@ class Dispatcher(threading.Thread):
         else:
             w.queued += item.estimate
 
-    @staticmethod
-    def _release(w: WorkerRecord, item: WorkItem) -> None:
+    def _release(self, w: WorkerRecord, item: WorkItem) -> None:
+        """``item`` left ``w.outstanding`` (answered, lost or taken back)."""
         if item.estimate is None:
             w.unknown -= 1
         elif w.outstanding:
             w.queued = max(0.0, w.queued - item.estimate)
         else:
             w.queued = 0.0  # no drift from float sums
+        if w.ready and w.worker_id not in self._idle and self._has_slot(w):
+            self._idle[w.worker_id] = w
+
+    @staticmethod
+    def _has_slot(w: WorkerRecord) -> bool:
+        """May ``w`` take a task without prefetching?"""
+        return len(w.outstanding) < w.slots and (w.remaining is None or w.remaining > 0)
 
     # -- bookkeeping --------------------------------------------------------------------
 
     def _remove(self, w: WorkerRecord) -> None:
         self.workers.pop(w.worker_id, None)
+        self._ready.pop(w.worker_id, None)
+        self._idle.pop(w.worker_id, None)
         w.push.close(linger=0)
         w.ready = False
 
@@ -752,7 +777,7 @@ class Dispatcher(threading.Thread):
     def _check_no_workers(self, now: float) -> None:
         """Tasks wait while no worker is ready: warn now and then, and fail them after
         no_worker_timeout (during shutdown after heartbeat_timeout at most)."""
-        if not self.pending or self._ready_workers():
+        if not self.pending or self._ready:
             self._waiting_since = self._warned_at = None
             return
         if self._waiting_since is None:
