@@ -29,7 +29,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 import zmq
@@ -59,6 +59,8 @@ from .worker import FN_SLOTS, version_mismatch
 
 if TYPE_CHECKING:
     from .executor import ZmqExecutor
+
+_POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
 log = logging.getLogger("zmqexecutor.dispatcher")
 
@@ -434,7 +436,10 @@ class Dispatcher(threading.Thread):
     # -- receiving ----------------------------------------------------------------------
 
     def _drain_sink(self) -> None:
-        for _ in range(1000):  # bounded: sending must not starve behind a result flood
+        for n in range(1000):  # bounded: sending must not starve behind a result flood
+            # asking is cheaper than the zmq.Again that ends a drain otherwise
+            if n and not cast(int, self.sink.get(zmq.EVENTS)) & _POLLIN:
+                return
             try:
                 frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

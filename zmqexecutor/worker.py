@@ -414,6 +414,11 @@ class WorkerProcess:
 
     def _check_size(self, result: ResultRecord) -> ResultRecord:
         """A result over the executor's frame limit becomes an error it can receive."""
+        if (
+            not result.buffers
+            and len(result.payload) + proto.RECORD_OVERHEAD <= self.max_message_size
+        ):
+            return result  # the common case, without building the max() below
         size = max(
             len(result.payload) + proto.RECORD_OVERHEAD,
             *(memoryview(b).nbytes for b in result.buffers),
