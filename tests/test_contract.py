@@ -821,6 +821,38 @@ def test_interpreter_shutdown(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
+def test_worker_output_is_flushed_when_it_exits(tmp_path: Path) -> None:
+    """Workers leave with os._exit (as forked pool children do), after flushing: what a
+    task printed without flush=True still reaches the parent's stdout and stderr."""
+    proc = run_script(
+        tmp_path,
+        """
+        import os
+        import sys
+
+        from zmqexecutor import ZmqExecutor
+
+        os.environ.pop("PYTHONUNBUFFERED", None)  # the workers' stdout is block-buffered
+
+
+        def chatty(i):
+            print("out", i)
+            print("err", i, file=sys.stderr)
+
+
+        if __name__ == "__main__":
+            with ZmqExecutor(2) as ex:
+                list(ex.map(chatty, range(4)))
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split("\n")[:-1]) == [f"out {i}" for i in range(4)]
+    assert sorted(line for line in proc.stderr.split("\n") if line.startswith("err")) == [
+        f"err {i}" for i in range(4)
+    ]
+
+
+@pytest.mark.timeout(90)
 def test_hang_gh83386(tmp_path: Path) -> None:
     """shutdown(wait=False) with a running task doesn't hang or lose the task at exit."""
     marker = tmp_path / "marker"

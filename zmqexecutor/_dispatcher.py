@@ -165,6 +165,7 @@ class Dispatcher(threading.Thread):
         task_ids: Iterator[int],
         before_detach: Callable[[], None],
         on_exit: Callable[[], None],
+        local_host: str | None = None,
     ) -> None:
         super().__init__(name="zmqexecutor-dispatcher", daemon=True)
         self.session = os.urandom(8)
@@ -180,6 +181,9 @@ class Dispatcher(threading.Thread):
         self.hosts: dict[str, HostRecord] = {}
         self._next_attach = 0.0
         self.before_detach = before_detach
+        #: the host id of this process's own supervisor (local mode), whose workers
+        #: before_detach() has told to leave already
+        self.local_host = local_host
         self.on_exit = on_exit
         self.pending: deque[WorkItem] = deque()
         #: moving average of each callable's run time (by digest): how much to prefetch
@@ -832,7 +836,9 @@ class Dispatcher(threading.Thread):
         for w in self.workers.values():
             with contextlib.suppress(zmq.ZMQError):
                 w.push.send_multipart(detach, zmq.NOBLOCK)
-            w.push.close(linger=int(TICK * 1000))
+            # a local worker was sent SIGTERM and may be gone: waiting for it to take the
+            # DETACH would only hold up shutdown (and context.term()) by the linger
+            w.push.close(linger=0 if w.host_id == self.local_host else int(TICK * 1000))
         for sock in self.attach:
             with contextlib.suppress(zmq.ZMQError):
                 sock.send_multipart(detach, zmq.NOBLOCK)

@@ -259,6 +259,7 @@ class ZmqExecutor(Executor):
             initializer=pickle_initializer(initializer, initargs),
             task_ids=self._task_ids,
             before_detach=partial(_stop_supervisor, supervisor),
+            local_host=supervisor.host_id if supervisor else None,
             on_exit=partial(
                 _release, self._context, security, self._supervisor_thread, self._dir, self._mode
             ),
