@@ -49,7 +49,7 @@ from ._defaults import (
     PROTOCOL_VERSION,
     TICK,
 )
-from ._net import set_heartbeats
+from ._net import recv_frames, set_heartbeats
 from ._protocol import Kind
 from ._security import Security
 from ._serialize import load_result
@@ -231,7 +231,9 @@ class Dispatcher(threading.Thread):
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._finished():
-                self._dispatch()
+                self._dispatch()  # first: a woken loop sends a new task before anything else
+                self._housekeeping()
+                self._answer_stats_requests()
                 self.idle = self._has_room() and not self.pending
                 if self.pending and self.idle:  # raced with a submit(): go round again
                     self.idle = False
@@ -245,8 +247,6 @@ class Dispatcher(threading.Thread):
                         os.read(self._wake_r, 4096)
                 if self.sink in events:
                     self._drain_sink()
-                self._housekeeping()
-                self._answer_stats_requests()
         except BaseException:
             log.exception("dispatcher failed; the executor is broken")
             self._break("the dispatcher thread failed (see the log)")
@@ -445,7 +445,7 @@ class Dispatcher(threading.Thread):
             if n and not cast(int, self.sink.get(zmq.EVENTS)) & _POLLIN:
                 return
             try:
-                frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.sink, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.counts["bytes_received"] += sum(len(f) for f in frames)
@@ -462,8 +462,8 @@ class Dispatcher(threading.Thread):
                 self.protocol_errors += 1
                 log.warning("dropped a malformed message: %s: %s", type(e).__name__, e)
 
-    def _on_message(self, frames: list[zmq.Frame]) -> None:
-        kind, session, _ = proto.parse_header(frames[0].buffer)
+    def _on_message(self, frames: list[Any]) -> None:
+        kind, session, _ = proto.parse_header(frames[0])
         if kind is Kind.HELLO:
             self._on_hello(proto.parse_control(frames))
             return
@@ -473,7 +473,7 @@ class Dispatcher(threading.Thread):
         if session != self.session:
             raise proto.ProtocolError(f"{kind.name} from another session")
         if kind is Kind.RESULTS:
-            self._on_results(*proto.decode_results([f.buffer for f in frames]))
+            self._on_results(*proto.decode_results(frames))
             return
         body = proto.parse_control(frames)
         w = self.workers.get(str(body.get("id")))
@@ -554,7 +554,7 @@ class Dispatcher(threading.Thread):
         finally:
             push.close(linger=1000)
 
-    def _refuse_other_version(self, frames: list[zmq.Frame], e: proto.VersionMismatch) -> None:
+    def _refuse_other_version(self, frames: list[Any], e: proto.VersionMismatch) -> None:
         if e.kind != Kind.HELLO:
             log.warning("dropped a message of protocol version %d", e.version)
             return

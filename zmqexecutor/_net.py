@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import zmq
 
@@ -82,3 +82,13 @@ def concrete(endpoint: str, peer_host: str | None = None) -> str:
         return endpoint
     host = route_to(peer_host) if peer_host else socket.gethostname()
     return str(Endpoint("tcp", host, ep.port))
+
+
+def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[Any]:
+    """One message: the first frame (header, index, in-band pickles) as bytes, since a copy
+    costs less than a zmq.Frame at the usual sizes; the rest (out-of-band pickle buffers,
+    the large arrays) as memoryviews of their frames, without a copy."""
+    frames: list[Any] = [sock.recv(flags)]
+    while sock.get(zmq.RCVMORE):
+        frames.append(sock.recv(copy=False).buffer)
+    return frames

@@ -57,7 +57,7 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
-from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
+from ._net import bound_endpoint, concrete, parse_endpoint, recv_frames, route_to, set_heartbeats
 from ._protocol import Kind, ResultRecord
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import error_result, exception_result, load_args, loads, value_result
@@ -244,7 +244,7 @@ class WorkerProcess:
         self.status.state(CLEAN_EXIT)
         return 0
 
-    def _register(self, inbox: str) -> list[zmq.Frame] | None:
+    def _register(self, inbox: str) -> list[Any] | None:
         """Say HELLO until the executor WELCOMEs us; None if told to stop first."""
         hello = proto.control(
             Kind.HELLO,
@@ -267,9 +267,9 @@ class WorkerProcess:
             while not self.draining and (timeout := deadline - time.monotonic()) > 0:
                 if not self._wait(self._inbox_poller, self.inbox, timeout + 0.001):
                     continue
-                frames = self.inbox.recv_multipart(copy=False)
+                frames = recv_frames(self.inbox)
                 try:
-                    kind, session, _ = proto.parse_header(frames[0].buffer)
+                    kind, session, _ = proto.parse_header(frames[0])
                 except proto.VersionMismatch as e:
                     if e.kind == Kind.REFUSE:  # REFUSE is understood across versions
                         raise _Refused(proto.parse_control(frames).get("reason", "")) from None
@@ -291,16 +291,16 @@ class WorkerProcess:
                 return None
         return None
 
-    def _initialize(self, welcome: list[zmq.Frame]) -> bool:
+    def _initialize(self, welcome: list[Any]) -> bool:
         body = proto.parse_control(welcome, n_frames=3)
         limits = [n for n in (body.get("max_tasks_per_child"), self.config.get("max_tasks")) if n]
         self.max_tasks = min(limits) if limits else None
         self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
         self.status.task_timeout(float(body.get("task_timeout") or 0.0))
-        if len(welcome) < 3 or len(welcome[2].buffer) == 0:
+        if len(welcome) < 3 or len(welcome[2]) == 0:
             return True
         try:
-            initializer, initargs = loads(welcome[2].buffer)
+            initializer, initargs = loads(welcome[2])
             initializer(*initargs)
         except BaseException as e:
             tb = traceback.format_exc()
@@ -326,9 +326,9 @@ class WorkerProcess:
                     log.error("%s: supervisor is gone, exiting", self.origin)
                     return
                 continue
-            frames = self.inbox.recv_multipart(copy=False)
+            frames = recv_frames(self.inbox)
             try:
-                kind, session, _ = proto.parse_header(frames[0].buffer)
+                kind, session, _ = proto.parse_header(frames[0])
                 if session != self.session:
                     raise proto.ProtocolError("message from another session")
                 if kind is Kind.DETACH:
@@ -336,7 +336,7 @@ class WorkerProcess:
                     return
                 if kind is not Kind.TASKS:
                     raise proto.ProtocolError(f"unexpected {kind.name}")
-                functions, tasks = proto.decode_tasks([f.buffer for f in frames])
+                functions, tasks = proto.decode_tasks(frames)
             except proto.ProtocolError as e:
                 log.warning("%s dropped a bad message: %s", self.origin, e)
                 continue
