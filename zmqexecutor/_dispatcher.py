@@ -193,6 +193,7 @@ class Dispatcher(threading.Thread):
         #: (the zguide's LRU queue): with 200 workers no round scans them all
         self._ready: dict[str, WorkerRecord] = {}
         self._idle: OrderedDict[str, WorkerRecord] = OrderedDict()
+        self._ready_slots = 0
         self.shutdown_requested = False
         self.broken: str | None = None
         self.init_failures = 0
@@ -355,19 +356,21 @@ class Dispatcher(threading.Thread):
         """Give pending tasks, in order, to the least loaded ready worker that accepts them."""
         if not self.pending:
             return
-        if len(self.pending) <= len(self._idle) and not any(i.lost_on for i in self.pending):
-            # a free slot for every task: the workers idle longest take them, and no
-            # round costs time in proportion to the number of workers
-            candidates: Iterable[WorkerRecord] = list(
-                itertools.islice(self._idle.values(), len(self.pending))
-            )
-            backlog = False
-        else:
-            candidates = self._ready.values()
-            # A few tasks are spread one per worker, never prefetched: they may wait for each
-            # other, and a task queued behind one that blocks cannot be taken back yet.
-            slots = sum(w.slots for w in candidates)
-            backlog = len(self.pending) >= PREFETCH_BACKLOG * slots
+        # A few tasks are spread one per worker, never prefetched: they may wait for each
+        # other, and a task queued behind one that blocks cannot be taken back yet.
+        backlog = len(self.pending) >= PREFETCH_BACKLOG * self._ready_slots
+        if self.settings.prefetch is None and not backlog:
+            # only free slots take tasks: the workers idle longest first (the zguide's LRU
+            # queue), so that no round costs time in proportion to the number of workers
+            idle = list(itertools.islice(self._idle.values(), len(self.pending)))
+            if not self._fill(idle, backlog) or not self._idle:
+                return
+            # a retry may not go back where it was lost: let every idle worker try it
+        self._fill(self._ready.values(), backlog)
+
+    def _fill(self, candidates: Iterable[WorkerRecord], backlog: bool) -> bool:
+        """Dispatch to ``candidates``, least loaded first, while they accept (prefetch only
+        with a ``backlog``); True if a task was put back because it was lost there."""
         heap = [(len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
                 for w in candidates if w.remaining is None or w.remaining > 0]  # fmt: skip
         heapq.heapify(heap)
@@ -405,6 +408,7 @@ class Dispatcher(threading.Thread):
         self.pending.extendleft(reversed(deferred))
         for worker_id, items in batches.items():
             self._send_tasks(self.workers[worker_id], items)
+        return bool(deferred)
 
     def _send_tasks(self, w: WorkerRecord, items: list[WorkItem]) -> None:
         functions = []
@@ -481,8 +485,11 @@ class Dispatcher(threading.Thread):
             log.debug("%s from an unknown worker %s", kind.name, body.get("id"))
             return
         if kind is Kind.READY:
+            if w.ready:
+                return  # a repeated READY
             w.ready = True
             self._ready[w.worker_id] = w
+            self._ready_slots += w.slots
             if self._has_slot(w):
                 self._idle[w.worker_id] = w
             log.info("%s is ready", w.describe())
@@ -689,7 +696,8 @@ class Dispatcher(threading.Thread):
 
     def _remove(self, w: WorkerRecord) -> None:
         self.workers.pop(w.worker_id, None)
-        self._ready.pop(w.worker_id, None)
+        if self._ready.pop(w.worker_id, None) is not None:
+            self._ready_slots -= w.slots
         self._idle.pop(w.worker_id, None)
         w.push.close(linger=0)
         w.ready = False

@@ -14,6 +14,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import errors
 from ._defaults import FN_CACHE_SIZE, OOB_THRESHOLD
 from ._protocol import ResultRecord, Status
 from .errors import RemoteError, RemoteTraceback, ResultSerializationError
@@ -148,8 +149,6 @@ def _describe(e: BaseException) -> str:
 
 def load_result(record: ResultRecord) -> tuple[bool, Any]:
     """Return (True, value) or (False, exception) for one result record."""
-    from . import errors
-
     if record.status is Status.OK:
         try:
             return True, loads(record.payload, record.buffers)

@@ -702,13 +702,12 @@ class Supervisor:
     def _on_monitor_event(self) -> None:
         """The connection to the executor broke (it died, or the network did): the session
         is over. Running tasks are abandoned; fresh worker processes wait for the next one."""
-        # imported here: it pulls in asyncio, which worker processes never need
-        from zmq.utils.monitor import recv_monitor_message
-
         assert self._monitor is not None
+        # only EVENT_DISCONNECTED is asked for, so the content does not matter (and
+        # zmq.utils.monitor would import asyncio: 30 ms, at shutdown, holding the GIL)
         with contextlib.suppress(zmq.Again):
             while True:
-                recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                self._monitor.recv_multipart(zmq.NOBLOCK)
         if self.stopping:
             return  # our own shutdown closed the connection
         abandoned = 0
