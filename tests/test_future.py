@@ -16,8 +16,8 @@ def test_is_a_stdlib_future_with_nothing_allocated_until_used() -> None:
     f: LazyFuture[int] = LazyFuture()
     assert isinstance(f, cf.Future)
     assert set(vars(f)) == {"_state", "_result", "_exception"}
-    assert not f.done() and not f.running()
-    assert "_condition" in vars(f)  # done() took the lock
+    assert not f.done() and not f.running() and not f.cancelled()
+    assert "_condition" not in vars(f)  # queries make nothing
     assert f.set_running_or_notify_cancel()
     f.set_result(7)
     assert f.result(timeout=0) == 7

@@ -12,6 +12,8 @@ T = TypeVar("T")
 #: held while a future's Condition is made, so that "no Condition yet" is a state cancel()
 #: can rely on: nobody has locked, waited on or added a callback to such a future
 _MAKING = threading.Lock()
+_CANCELLED = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
+_DONE = _CANCELLED | {_base.FINISHED}
 
 
 class LazyFuture(_StdFuture[T]):
@@ -22,9 +24,10 @@ class LazyFuture(_StdFuture[T]):
     hold 1.6 GB of them. This one costs about 100 bytes until then. Every method is the
     stdlib's: they, ``wait`` and ``as_completed`` reach the attributes through
     ``__getattr__`` (or ``_materialize``); ``dict.setdefault`` and ``_MAKING`` make the
-    first creation atomic, so threads that race to it share one Condition. ``cancel`` of a
-    future nobody has touched makes no Condition at all (``shutdown(cancel_futures=True)``
-    with a million queued tasks).
+    first creation atomic, so threads that race to it share one Condition. ``done``,
+    ``running`` and ``cancelled`` only read the state, and ``cancel`` of a future nobody
+    has touched makes no Condition at all (``shutdown(cancel_futures=True)`` with a
+    million queued tasks).
     """
 
     def __init__(self) -> None:  # the base's __init__ minus what is made lazily
@@ -51,6 +54,18 @@ class LazyFuture(_StdFuture[T]):
         if "_condition" not in d:
             with _MAKING:
                 d.setdefault("_condition", threading.Condition())
+
+    # One attribute read needs no lock (the stdlib takes it only out of habit); so queries
+    # on a queued future make no Condition (the dispatcher asks cancelled() of every
+    # queued task when no worker is left).
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:
+        return self._state == _base.RUNNING
+
+    def done(self) -> bool:
+        return self._state in _DONE
 
     def cancel(self) -> bool:
         with _MAKING:
