@@ -67,6 +67,29 @@ def test_cancel_of_an_untouched_future_makes_no_lock_and_keeps_the_contract() ->
         f.set_result(1)
 
 
+def test_untouched_future_runs_and_finishes_without_a_lock() -> None:
+    """What the dispatcher does to a future nobody waits on makes no Condition; whoever
+    looks afterwards sees the outcome."""
+    f: LazyFuture[int] = LazyFuture()
+    assert f.set_running_or_notify_cancel() and f.running()
+    assert not f.cancel()  # running: too late, as for the stdlib's
+    f.set_result(5)
+    assert "_condition" not in vars(f)
+    assert not f.cancel()
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(6)
+    assert f.result(timeout=0) == 5
+    seen: list[cf.Future[int]] = []
+    f.add_done_callback(seen.append)
+    assert seen == [f]
+    g: LazyFuture[int] = LazyFuture()
+    g.set_running_or_notify_cancel()
+    g.set_exception(KeyError("k"))
+    assert isinstance(g.exception(timeout=0), KeyError)
+    done, _ = cf.wait([f, g], timeout=0)
+    assert done == {f, g}
+
+
 def test_cancel_races_with_waiters_and_the_dispatcher() -> None:
     """Cancel while other threads start waiting or try to run it: every waiter sees the
     outcome, whichever thread made the Condition."""

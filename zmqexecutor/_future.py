@@ -14,6 +14,7 @@ T = TypeVar("T")
 _MAKING = threading.Lock()
 _CANCELLED = frozenset({_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED})
 _DONE = _CANCELLED | {_base.FINISHED}
+_UNFINISHED = frozenset({_base.PENDING, _base.RUNNING})
 
 
 class LazyFuture(_StdFuture[T]):
@@ -69,21 +70,44 @@ class LazyFuture(_StdFuture[T]):
 
     def cancel(self) -> bool:
         with _MAKING:
-            if "_condition" not in self.__dict__:
-                # untouched: nobody waits, no callback; only our own cancel set a state
-                self._state = _base.CANCELLED
+            if "_condition" not in self.__dict__:  # untouched: nobody waits, no callback
+                if self._state in (_base.RUNNING, _base.FINISHED):
+                    return False
+                if self._state == _base.PENDING:
+                    self._state = _base.CANCELLED
                 return True
         self._materialize()
         return super().cancel()
 
+    # The dispatcher thread makes these transitions for every task. On a future nobody has
+    # touched (no Condition: nobody waits, no callback) they are plain assignments, under
+    # _MAKING so that a Condition made meanwhile sees either the old state or the new one.
     def set_running_or_notify_cancel(self) -> bool:
+        with _MAKING:
+            if "_condition" not in self.__dict__:
+                if self._state == _base.PENDING:
+                    self._state = _base.RUNNING
+                    return True
+                if self._state == _base.CANCELLED:
+                    self._state = _base.CANCELLED_AND_NOTIFIED
+                    return False
         self._materialize()
         return super().set_running_or_notify_cancel()
 
     def set_result(self, result: T) -> None:
+        with _MAKING:
+            if "_condition" not in self.__dict__ and self._state in _UNFINISHED:
+                self._result = result
+                self._state = _base.FINISHED
+                return
         self._materialize()
         super().set_result(result)
 
     def set_exception(self, exception: BaseException | None) -> None:
+        with _MAKING:
+            if "_condition" not in self.__dict__ and self._state in _UNFINISHED:
+                self._exception = exception
+                self._state = _base.FINISHED
+                return
         self._materialize()
         super().set_exception(exception)
