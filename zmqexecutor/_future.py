@@ -95,19 +95,21 @@ class LazyFuture(_StdFuture[T]):
         return super().set_running_or_notify_cancel()
 
     def set_result(self, result: T) -> None:
-        with _MAKING:
-            if "_condition" not in self.__dict__ and self._state in _UNFINISHED:
-                self._result = result
-                self._state = _base.FINISHED
-                return
-        self._materialize()
-        super().set_result(result)
+        if not self._finish_untouched("_result", result):
+            self._materialize()
+            super().set_result(result)
 
     def set_exception(self, exception: BaseException | None) -> None:
+        if not self._finish_untouched("_exception", exception):
+            self._materialize()
+            super().set_exception(exception)
+
+    def _finish_untouched(self, attribute: str, value: Any) -> bool:
+        """Finish a running or pending future nobody touched; False if it was touched
+        (or is done: the stdlib's method then raises InvalidStateError)."""
         with _MAKING:
-            if "_condition" not in self.__dict__ and self._state in _UNFINISHED:
-                self._exception = exception
-                self._state = _base.FINISHED
-                return
-        self._materialize()
-        super().set_exception(exception)
+            if "_condition" in self.__dict__ or self._state not in _UNFINISHED:
+                return False
+            setattr(self, attribute, value)
+            self._state = _base.FINISHED
+            return True
