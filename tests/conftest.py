@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
@@ -205,6 +207,70 @@ def descendants(root: int, table: dict[int, tuple[int, str]] | None = None) -> s
                 out.add(child)
                 stack.append(child)
     return out
+
+
+class WorkerHost:
+    """A ``python -m zmqexecutor worker ARGS`` subprocess leading its own process group."""
+
+    COMMAND = [sys.executable, "-m", "zmqexecutor", "worker"]
+    STOP_TIMEOUT = 15.0
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen(
+            [*self.COMMAND, *self.args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid  # also the process group id of the host's processes
+
+    def __repr__(self) -> str:
+        return f"<WorkerHost pid={self.pid} {self.log_path.name}>"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+
+    def processes(self) -> set[int]:
+        """Its live (non-zombie) processes: the supervisor and its worker processes."""
+        return {
+            pid
+            for pid, fields in proc_stats().items()
+            if int(fields[2]) == self.pid and fields[0] not in ("Z", "X")
+        }
+
+    def owns(self, pid: int) -> bool:
+        try:
+            return os.getpgid(pid) == self.pid
+        except ProcessLookupError:
+            return False
+
+    def _killpg(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """The host vanishes: SIGKILL to the supervisor and its worker processes at once."""
+        self._killpg()
+        self.proc.wait(self.STOP_TIMEOUT)
+        self._log.close()
+
+    def stop(self) -> None:
+        """SIGTERM (running tasks finish), then SIGKILL to the whole group if needed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(self.STOP_TIMEOUT)
+        self._killpg()  # also any worker process that outlived its supervisor
+        self.proc.wait(self.STOP_TIMEOUT)
+        self._log.close()
 
 
 def _has_mark(pid: int, mark: bytes) -> bool:

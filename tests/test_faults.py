@@ -31,11 +31,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import crash_cases as cc
 import pytest
-from conftest import RESULT_TIMEOUT, TESTS_DIR, Gates, free_tcp_port, rendezvous_pids, wait_until
+from conftest import (
+    RESULT_TIMEOUT,
+    TESTS_DIR,
+    Gates,
+    WorkerHost,
+    free_tcp_port,
+    rendezvous_pids,
+    wait_until,
+)
 from netns import (
     PROJECT_ROOT,
     NetnsLab,
@@ -54,7 +62,6 @@ LOST_DEADLINE = HB_TIMEOUT + LOST_MARGIN
 LOOPBACK = "tcp://127.0.0.1:*"
 #: Loopback endpoints without a token: these tests are about faults, not authentication.
 INSECURE: dict[str, bool] = {"insecure": True}
-HOST_STOP_TIMEOUT = 15.0
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -124,71 +131,6 @@ class ResolveCounter:
         assert all(c == 1 for c in counts), f"resolutions per future: {counts}"
 
 
-class WorkerHost:
-    """A ``python -m zmqexecutor worker`` subprocess leading its own process group."""
-
-    def __init__(
-        self,
-        address: str,
-        log_path: Path,
-        processes: int = 1,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "zmqexecutor",
-                "worker",
-                address,
-                "--processes",
-                str(processes),
-                "--insecure",
-                *HB_ARGS,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=worker_env(env),
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid  # also the process group id of the host's processes
-
-    def __repr__(self) -> str:
-        return f"<WorkerHost pid={self.pid} {self.log_path.name}>"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return "<no log>"
-
-    def owns(self, pid: int) -> bool:
-        return pgid_of(pid) == self.pid
-
-    def _killpg(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def kill(self) -> None:
-        """The host vanishes: SIGKILL to the supervisor and its worker processes at once."""
-        self._killpg()
-        self.proc.wait(HOST_STOP_TIMEOUT)
-        self._log.close()
-
-    def stop(self) -> None:
-        """SIGTERM (running tasks finish), then SIGKILL to the whole group if needed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(HOST_STOP_TIMEOUT)
-        self._killpg()  # also any worker process that outlived its supervisor
-        self.proc.wait(HOST_STOP_TIMEOUT)
-        self._log.close()
-
-
 @pytest.fixture
 def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
     """Factory of worker hosts; at teardown every gate is opened and every host stopped."""
@@ -197,7 +139,8 @@ def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerH
     def start(
         address: str, name: str, processes: int = 1, env: dict[str, str] | None = None
     ) -> WorkerHost:
-        host = WorkerHost(address, tmp_path / f"worker-{name}.log", processes, env)
+        args = [address, "--processes", str(processes), "--insecure", *HB_ARGS]
+        host = WorkerHost(args, tmp_path / f"worker-{name}.log", worker_env(env))
         started.append(host)
         return host
 
@@ -208,7 +151,7 @@ def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerH
 
 
 def host_logs(*hosts: WorkerHost) -> str:
-    return "".join(f"\n----- {h!r}\n{h.log()}" for h in hosts)
+    return "".join(f"\n----- {h!r}\n{h.log()[-6000:]}" for h in hosts)
 
 
 def two_hosts(
@@ -962,7 +905,7 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
     for proc in workers.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(HOST_STOP_TIMEOUT)
+            proc.wait(WorkerHost.STOP_TIMEOUT)
 
 
 @pytest.mark.timeout(60)

@@ -30,13 +30,12 @@ from typing import Any
 import cloudpickle
 import crash_cases as cc
 import pytest
-from conftest import RESULT_TIMEOUT, free_tcp_port, wait_until
+from conftest import RESULT_TIMEOUT, WorkerHost, free_tcp_port, wait_until
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_security import (  # noqa: F401  (the fixtures register themselves here)
     LOOPBACK,
     Peers,
-    WorkerHost,
     assert_shuts_down,
     bait,
     inboxes_of,

@@ -32,7 +32,6 @@ import pickle
 import random
 import re
 import secrets
-import signal
 import socket
 import stat
 import subprocess
@@ -40,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cloudpickle
 import crash_cases as cc
@@ -50,9 +49,9 @@ from conftest import (
     RESULT_TIMEOUT,
     TESTS_DIR,
     Gates,
+    WorkerHost,
     descendants,
     free_tcp_port,
-    proc_stats,
     rendezvous_pids,
     wait_until,
 )
@@ -66,10 +65,9 @@ LOOPBACK = "tcp://127.0.0.1:*"
 # TEST-NET-1 (RFC 5737): never routed; configurations naming it are refused before any socket.
 REMOTE = "tcp://192.0.2.1:5555"
 TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
-WORKER_CMD = [sys.executable, "-m", "zmqexecutor", "worker"]
+WORKER_CMD = WorkerHost.COMMAND
 TOKEN_CMD = [sys.executable, "-m", "zmqexecutor", "token"]
 HANDSHAKE_TIMEOUT = 15.0
-HOST_STOP_TIMEOUT = 15.0
 MiB = 2**20
 #: what a worker process that keeps saying HELLO gets to try before "it never registered"
 NEVER_WINDOW = 3.0
@@ -151,57 +149,7 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def group_members(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    return {
-        pid
-        for pid, fields in proc_stats().items()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X")
-    }
-
-
 # ---------------------------------------------------------------------------- worker hosts
-
-
-class WorkerHost:
-    """A ``python -m zmqexecutor worker ARGS`` subprocess leading its own process group."""
-
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
-        self.args = list(args)
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*WORKER_CMD, *self.args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid  # also the process group id of the host's processes
-
-    def __repr__(self) -> str:
-        return f"<WorkerHost pid={self.pid} {self.log_path.name}>"
-
-    def processes(self) -> set[int]:
-        return group_members(self.pid)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return "<no log>"
-
-    def stop(self) -> None:
-        """SIGTERM (running tasks finish), then SIGKILL to the whole group if needed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(HOST_STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(HOST_STOP_TIMEOUT)
-        self._log.close()
 
 
 @pytest.fixture(name="worker_hosts")
