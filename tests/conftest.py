@@ -273,6 +273,11 @@ class WorkerHost:
         self._log.close()
 
 
+def host_logs(*hosts: WorkerHost) -> str:
+    """The tail of each host's log, for an assertion message."""
+    return "".join(f"\n----- {h!r}\n{h.log()[-6000:]}" for h in hosts)
+
+
 def _has_mark(pid: int, mark: bytes) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:

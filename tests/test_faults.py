@@ -41,6 +41,7 @@ from conftest import (
     Gates,
     WorkerHost,
     free_tcp_port,
+    host_logs,
     rendezvous_pids,
     wait_until,
 )
@@ -148,10 +149,6 @@ def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerH
     gates.open_all()
     for host in started:
         host.stop()
-
-
-def host_logs(*hosts: WorkerHost) -> str:
-    return "".join(f"\n----- {h!r}\n{h.log()[-6000:]}" for h in hosts)
 
 
 def two_hosts(

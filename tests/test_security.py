@@ -52,6 +52,7 @@ from conftest import (
     WorkerHost,
     descendants,
     free_tcp_port,
+    host_logs,
     rendezvous_pids,
     wait_until,
 )
@@ -183,10 +184,6 @@ def worker_hosts_fixture(gates: Gates, tmp_path: Path) -> Iterator[Callable[...,
     gates.open_all()
     for host in started:
         host.stop()
-
-
-def host_logs(*hosts: WorkerHost) -> str:
-    return "".join(f"\n----- {h!r}\n{h.log()[-6000:]}" for h in hosts)
 
 
 def pgids(ex: Any, n: int) -> list[int]:
