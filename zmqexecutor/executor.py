@@ -26,9 +26,10 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
 )
-from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer
+from ._dispatcher import Dispatcher, pickle_initializer
 from ._future import LazyFuture
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
+from ._scheduler import Settings, WorkItem
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
 from ._stats import ExecutorStats
@@ -54,8 +55,7 @@ def _python_exit() -> None:
     global _exiting
     _exiting = True
     for dispatcher in list(_live_dispatchers):
-        dispatcher.shutdown_requested = True
-        dispatcher.wake()
+        dispatcher.request_shutdown()
     for dispatcher in list(_live_dispatchers):
         dispatcher.join()
 
@@ -186,7 +186,6 @@ class ZmqExecutor(Executor):
         self._mode = "listen" if listen else "workers" if worker_list else "local"
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
-        self._broken: str | None = None
         self._task_ids = itertools.count(1)
         self._functions = FunctionCache()
         self._functions_lock = threading.Lock()
@@ -329,10 +328,15 @@ class ZmqExecutor(Executor):
         item = WorkItem(future, task_id, digest, fn_bytes, payload, buffers)
         with self._shutdown_lock:
             self._check_open()
-            self._dispatcher.pending.append(item)
+            self._dispatcher.core.pending.append(item)
         if self._dispatcher.idle:
             self._dispatcher.wake()
         return future
+
+    @property
+    def _broken(self) -> str | None:
+        """Why the executor cannot run tasks any more, or None."""
+        return self._dispatcher.core.broken
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -390,14 +394,8 @@ class ZmqExecutor(Executor):
         with self._shutdown_lock:
             self._shutdown_thread = True
             if cancel_futures:
-                pending = self._dispatcher.pending
-                while pending:
-                    try:
-                        pending.popleft().future.cancel()
-                    except IndexError:
-                        break  # the dispatcher took the last one
-            self._dispatcher.shutdown_requested = True
-        self._dispatcher.wake()
+                self._dispatcher.core.cancel_queued()
+        self._dispatcher.request_shutdown()
         if wait:
             self._dispatcher.join()
 
@@ -408,12 +406,12 @@ class ZmqExecutor(Executor):
         return self._dispatcher.stats()
 
     def __repr__(self) -> str:
-        d = self._dispatcher
+        core = self._dispatcher.core
         state = "broken" if self._broken else "shut down" if self._shutdown_thread else "running"
-        ready = sum(1 for w in list(d.workers.values()) if w.ready)
+        # read without the dispatcher's help: sizes only, each an atomic read
         return (
-            f"<ZmqExecutor {self._mode} {state}: {ready} worker(s) ready, "
-            f"{len(d.pending)} pending, {len(d.owner)} sent>"
+            f"<ZmqExecutor {self._mode} {state}: {core.ready_count()} worker(s) ready, "
+            f"{len(core.pending)} pending, {len(core.owner)} sent>"
         )
 
 

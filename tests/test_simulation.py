@@ -1,0 +1,703 @@
+"""Deterministic simulation of the scheduling core (``zmqexecutor/_scheduler.py``).
+
+A hypothesis ``RuleBasedStateMachine`` plays the dispatcher and a small cluster at once: it
+submits and cancels tasks, lets simulated workers join, start and finish tasks, die (with
+or without a report), leave, freeze and resume with their hosts, delivers results late,
+twice and to the wrong place, moves the clock, and shuts down at any point. After every
+step it checks the invariants listed in ``_scheduler.py``'s docstring; at the end of every
+run it lets the cluster run to completion and checks that every future ended exactly once.
+
+Nothing here sleeps or starts a thread: time is a number. ``make test`` runs a bounded number
+of examples (about 30 s); ``make test-slow`` (``ZMQEXECUTOR_SIM_EXAMPLES``) many more. Every bug
+this found keeps its minimal example below as a regression test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from zmqexecutor._defaults import LOST_RESULT_GRACE
+from zmqexecutor._protocol import ResultRecord, Status
+from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
+
+HB_INTERVAL = 0.2
+HB_TIMEOUT = 1.0
+DIGESTS = [bytes([i]) * 16 for i in range(3)]
+EXAMPLES = int(os.environ.get("ZMQEXECUTOR_SIM_EXAMPLES", "250"))
+
+
+@dataclass(eq=False)
+class SimWorker:
+    """A simulated worker process: what it holds, runs, and has sent."""
+
+    state: WorkerState
+    host: SimHost
+    limit: int | None  #: max_tasks_per_child
+    #: received, not started, in the order sent
+    inbox: deque[tuple[int, WorkItem]] = field(default_factory=deque)
+    running: tuple[int, WorkItem] | None = None
+    last_started: int = 0
+    done: int = 0
+    #: messages on their way to the executor, in order: ("result", task id) or ("bye",)
+    outbox: deque[tuple[Any, ...]] = field(default_factory=deque)
+    alive: bool = True  #: the process exists
+    draining: bool = False  #: SIGTERM: finish the running task, then BYE
+    leaving: bool = False  #: sent BYE
+
+    @property
+    def stopping(self) -> bool:
+        """It starts no more tasks (SIGTERM, or max_tasks_per_child reached)."""
+        return self.draining or self.leaving
+
+    @property
+    def worker_id(self) -> str:
+        return self.state.worker_id
+
+
+@dataclass(eq=False)
+class SimHost:
+    host_id: str
+    name: str
+    frozen: bool = False
+    frozen_at: float = 0.0
+    #: its supervisor died: it comes back only as a new incarnation
+    dead: bool = False
+    #: a new incarnation (after a death, or a freeze the executor may have taken for one)
+    #: kills the old worker processes and registers under a new host id
+    incarnation: int = 0
+
+
+class SchedulerSimulation(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+        self.items: list[WorkItem] = []
+        self.sim_workers: list[SimWorker] = []
+        self.ends: Counter[int] = Counter()  #: future id -> times it ended
+        self.exec_count: Counter[int] = Counter()  #: item index -> times started
+        self.index: dict[int, int] = {}  #: id(item) -> index in self.items
+        self.delivered: list[tuple[str, int]] = []  #: results delivered (for replays)
+        self.ids = itertools.count(1)
+        self.core: Scheduler | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    @initialize(
+        max_retries=st.sampled_from([0, 0, 1, 2]),
+        prefetch=st.sampled_from([None, None, 0, 2]),
+        max_tasks=st.sampled_from([None, None, 1, 3]),
+        hosts=st.integers(1, 3),
+    )
+    def setup(self, max_retries: int, prefetch: int | None, max_tasks: int | None, hosts: int):
+        self.settings = Settings(
+            prefetch=prefetch,
+            max_tasks_per_child=max_tasks,
+            max_retries=max_retries,
+            heartbeat_interval=HB_INTERVAL,
+            heartbeat_timeout=HB_TIMEOUT,
+        )
+        self.core = Scheduler(self.settings, self.ids, "ipc://sim")
+        self.hosts = [SimHost(f"host{i}-0", f"h{i}") for i in range(hosts)]
+        for host in self.hosts:
+            self.core.heartbeat(host.host_id, host.name, self.now)
+
+    # -- the dispatcher's part -----------------------------------------------------------------
+
+    def after_event(self) -> None:
+        """What the dispatcher does after every event: dispatch, then carry out actions."""
+        core = self.core
+        assert core is not None
+        for w, items in core.dispatch(self.now):
+            sim = self.sim_of(w)
+            assert w.alive and w.ready, f"sent tasks to {w.worker_id}, which is not ready"
+            for item in items:
+                i = self.index[id(item)]
+                assert self.exec_count[i] <= self.settings.max_retries, (
+                    f"task {i} ran {self.exec_count[i]} time(s) and is sent again "
+                    f"(max_retries={self.settings.max_retries})"
+                )
+                lost_on = item.lost_on or set()
+                assert w.worker_id not in lost_on and w.host_id not in lost_on, (
+                    "a retry went back where it was lost"
+                )
+                sim.inbox.append((item.task_id, item))
+        self.apply_resolutions()
+        core.closed.clear()
+
+    def apply_resolutions(self) -> None:
+        core = self.core
+        assert core is not None
+        resolved, core.resolved = core.resolved, []
+        for future, ok, value in resolved:
+            assert not future.done(), "a future was resolved twice"
+            self.ends[id(future)] += 1
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def sim_of(self, w: WorkerState) -> SimWorker:
+        return next(s for s in self.sim_workers if s.state is w)
+
+    def live(self) -> list[SimWorker]:
+        return [s for s in self.sim_workers if s.alive and not s.host.frozen]
+
+    # -- the executor's events --------------------------------------------------------------
+
+    @rule(n=st.integers(1, 6), digest=st.sampled_from(DIGESTS))
+    def submit(self, n: int, digest: bytes) -> None:
+        assert self.core is not None
+        if self.core.shutdown_requested:
+            return  # the executor refuses new work after shutdown()
+        for _ in range(n):
+            item = WorkItem(Future(), next(self.ids), digest, b"fn", b"args", ())
+            self.index[id(item)] = len(self.items)
+            self.items.append(item)
+            self.core.pending.append(item)
+        self.after_event()
+
+    @precondition(lambda self: self.items)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        item = data.draw(st.sampled_from(self.items))
+        item.future.cancel()
+        self.after_event()
+
+    @rule(cancel_futures=st.booleans())
+    def shutdown(self, cancel_futures: bool) -> None:
+        assert self.core is not None
+        if cancel_futures:
+            self.core.cancel_queued()
+        self.core.request_shutdown()
+        self.after_event()
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def eligible(self, predicate: Any) -> list[SimWorker]:
+        return [s for s in self.sim_workers if not s.host.frozen and predicate(s)]
+
+    def draw(self, data: st.DataObject, predicate: Any) -> SimWorker:
+        return data.draw(st.sampled_from(self.eligible(predicate)))
+
+    @precondition(lambda self: any(not h.frozen for h in self.hosts))
+    @rule(
+        data=st.data(),
+        slots=st.sampled_from([1, 1, 2]),
+        init=st.sampled_from(["ready", "ready", "ready", "failed", "later"]),
+    )
+    def join(self, data: st.DataObject, slots: int, init: str) -> None:
+        host = data.draw(st.sampled_from([h for h in self.hosts if not h.frozen]))
+        self.add_worker(host, slots, init)
+
+    def add_worker(self, host: SimHost, slots: int = 1, init: str = "ready") -> SimWorker:
+        assert self.core is not None
+        n = len(self.sim_workers)
+        w = self.core.worker_joined(
+            f"w{n:015d}", host.host_id, host.name, 1000 + n, slots, self.now
+        )
+        sim = SimWorker(w, host, self.settings.max_tasks_per_child)
+        self.sim_workers.append(sim)
+        if init == "ready":
+            self.core.worker_ready(w)
+        elif init == "failed":
+            sim.alive = False
+            self.core.worker_init_failed(w, "ValueError: bad init", "")
+        self.after_event()
+        return sim
+
+    @precondition(lambda self: self.eligible(lambda s: s.alive))
+    @rule(data=st.data())
+    def become_ready(self, data: st.DataObject) -> None:
+        assert self.core is not None
+        self.core.worker_ready(self.draw(data, lambda s: s.alive).state)  # repeats are harmless
+        self.after_event()
+
+    @staticmethod
+    def can_start(sim: SimWorker) -> bool:
+        return sim.alive and not sim.running and bool(sim.inbox) and not sim.stopping
+
+    @precondition(lambda self: self.eligible(self.can_start))
+    @rule(data=st.data())
+    def start_task(self, data: st.DataObject) -> None:
+        self.start(self.draw(data, self.can_start))
+
+    def start(self, sim: SimWorker) -> None:
+        """The worker starts the next task it holds (it runs them in order)."""
+        task_id, item = sim.inbox.popleft()
+        sim.running = (task_id, item)
+        sim.last_started = task_id
+        self.exec_count[self.index[id(item)]] += 1
+
+    @precondition(lambda self: self.eligible(lambda s: s.alive and (s.running or s.inbox)))
+    @rule(data=st.data(), k=st.integers(1, 3))
+    def work(self, data: st.DataObject, k: int) -> None:
+        """The worker runs through what it holds: finishes its task and starts the next,
+        ``k`` times (leaving results unsent and, often, a task running)."""
+        self.work_on(self.draw(data, lambda s: s.alive and (s.running or s.inbox)), k)
+
+    def work_on(self, sim: SimWorker, k: int) -> None:
+        for _ in range(k):
+            if sim.running is not None:
+                self.finish(sim, 0.001)
+            if not self.can_start(sim):
+                break
+            self.start(sim)
+
+    @precondition(lambda self: self.eligible(lambda s: s.alive and s.running))
+    @rule(data=st.data(), duration=st.sampled_from([0.0001, 0.001, 0.5]))
+    def finish_task(self, data: st.DataObject, duration: float) -> None:
+        self.finish(self.draw(data, lambda s: s.alive and s.running), duration)
+
+    def finish(self, sim: SimWorker, duration: float) -> None:
+        assert sim.running is not None
+        task_id, _ = sim.running
+        sim.running = None
+        sim.outbox.append(("result", task_id, duration))
+        sim.done += 1
+        if sim.draining or (sim.limit is not None and sim.done >= sim.limit):
+            self._leave(sim)
+
+    def _leave(self, sim: SimWorker) -> None:
+        """BYE after the running task's result; what it holds and has not started stays."""
+        sim.leaving = True
+        sim.outbox.append(("bye",))
+
+    @precondition(lambda self: self.eligible(lambda s: s.alive and not s.stopping))
+    @rule(data=st.data())
+    def sigterm(self, data: st.DataObject) -> None:
+        sim = self.draw(data, lambda s: s.alive and not s.stopping)
+        sim.draining = True
+        if sim.running is None:  # else the running task finishes first, then BYE
+            self._leave(sim)
+
+    @precondition(lambda self: self.eligible(lambda s: s.outbox))
+    @rule(data=st.data(), n=st.integers(1, 3))
+    def deliver_results(self, data: st.DataObject, n: int) -> None:
+        self.deliver(self.draw(data, lambda s: s.outbox), n)
+
+    def deliver(self, sim: SimWorker, n: int) -> None:
+        """The next messages of this worker reach the sink (in order: one socket), even
+        after the worker died or was declared lost: those results are late."""
+        assert self.core is not None
+        for _ in range(n):
+            if not sim.outbox:
+                break
+            message = sim.outbox.popleft()
+            if message[0] == "result":
+                _, task_id, duration = message
+                self._deliver_result(sim.worker_id, task_id, duration)
+            elif sim.state.alive:
+                self.core.worker_left(sim.state, sim.done)
+                sim.alive = False
+        self.after_event()
+
+    def _deliver_result(self, sender: str, task_id: int, duration: float = 0.001) -> None:
+        assert self.core is not None
+        record = ResultRecord(task_id, Status.OK, b"", [], duration)
+        self.core.results(sender.encode(), [record], self.now, lambda r: (True, r.task_id))
+        self.delivered.append((sender, task_id))
+
+    @precondition(lambda self: self.delivered)
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        """A captured result is sent again (by an authenticated peer)."""
+        sender, task_id = data.draw(st.sampled_from(self.delivered))
+        self._deliver_result(sender, task_id)
+        self.after_event()
+
+    @precondition(lambda self: len(self.sim_workers) >= 2)
+    @rule(data=st.data())
+    def misdirect(self, data: st.DataObject) -> None:
+        """A result for a task held by one worker claims to come from another."""
+        a, b = data.draw(st.permutations(self.sim_workers).map(lambda p: p[:2]))
+        held = list(a.state.outstanding)
+        if held:
+            self._deliver_result(b.worker_id, held[0])
+        self.after_event()
+
+    @precondition(lambda self: self.eligible(lambda s: s.alive))
+    @rule(data=st.data(), report=st.sampled_from(["died", "died", "timeout", "host"]))
+    def die(self, data: st.DataObject, report: str) -> None:
+        """The process dies (crash, OOM kill, task_timeout) and its supervisor reports it;
+        or the whole host dies with it ("host": no report, its heartbeats stop)."""
+        self.die_now(self.draw(data, lambda s: s.alive), report)
+
+    def die_now(self, sim: SimWorker, report: str = "died") -> None:
+        assert self.core is not None
+        if report == "host":
+            for other in self.sim_workers:
+                if other.host is sim.host:
+                    other.alive = False
+                    other.running = None
+            sim.host.frozen = sim.host.dead = True  # silent until restarted (resume)
+            sim.host.frozen_at = self.now
+            return
+        sim.alive = False
+        running = sim.running[0] if sim.running else 0
+        sim.running = None
+        if sim.state.alive:
+            self.core.worker_died(
+                sim.state,
+                running=running,
+                last_started=sim.last_started,
+                how="was killed by SIGKILL",
+                timeout=1.0 if report == "timeout" and running else 0.0,
+                now=self.now,
+            )
+        self.after_event()
+
+    # -- hosts and time -------------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def freeze(self, data: st.DataObject) -> None:
+        """SIGSTOP of a host's whole tree, or a partition: nothing moves either way."""
+        host = data.draw(st.sampled_from(self.hosts))
+        if not host.frozen:
+            host.frozen, host.frozen_at = True, self.now
+
+    @rule(data=st.data())
+    def resume(self, data: st.DataObject) -> None:
+        """SIGCONT, the link heals, or a dead host is restarted."""
+        host = data.draw(st.sampled_from(self.hosts))
+        if host.frozen:
+            self.resume_host(host)
+            self.after_event()
+
+    @rule(dt=st.sampled_from([0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]))
+    def advance(self, dt: float) -> None:
+        """Time passes; hosts that are not frozen say they are alive on the way."""
+        assert self.core is not None
+        end = self.now + dt
+        while self.now < end:
+            self.now = min(end, self.now + HB_INTERVAL)
+            for host in self.hosts:
+                if not host.frozen:
+                    self.core.heartbeat(host.host_id, host.name, self.now)
+            self.core.tick(self.now)
+            self.after_event()
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def every_task_is_in_exactly_one_place(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        queued = Counter(id(item) for item in core.pending)
+        for i, item in enumerate(self.items):
+            held = core.owner.get(item.task_id)
+            is_held = held is not None and held.outstanding.get(item.task_id) is item
+            places = queued[id(item)] + is_held
+            assert places <= 1, f"task {i} is queued {queued[id(item)]}x and held {is_held}"
+            if item.future.done():
+                assert not is_held, f"task {i} has ended but a worker still holds it"
+                continue
+            assert places == 1, f"task {i} is neither done, queued nor held: lost"
+
+    @invariant()
+    def owner_agrees_with_outstanding(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        for task_id, w in core.owner.items():
+            assert task_id in w.outstanding, f"owner says {w.worker_id} holds {task_id}"
+        for sim in self.sim_workers:
+            for task_id in sim.state.outstanding:
+                assert core.owner.get(task_id) is sim.state, (
+                    f"{sim.worker_id} holds task {task_id} but owner says "
+                    f"{getattr(core.owner.get(task_id), 'worker_id', None)}"
+                )
+
+    @invariant()
+    def at_most_once(self) -> None:
+        if self.core is None:
+            return
+        for i, count in self.exec_count.items():
+            assert count <= 1 + self.settings.max_retries, f"task {i} ran {count} times"
+
+    @invariant()
+    def futures_end_once(self) -> None:
+        assert all(n == 1 for n in self.ends.values())
+
+    @invariant()
+    def no_lost_wakeup(self) -> None:
+        core = self.core
+        if core is None or not core.pending:
+            return
+        for w in core.workers.values():
+            if not (w.ready and w.alive) or len(w.outstanding) >= w.slots:
+                continue
+            if w.remaining is not None and w.remaining <= 0:
+                continue
+            for item in core.pending:
+                if not item.sends and item.future.cancelled():
+                    continue
+                lost_on = item.lost_on or set()
+                assert w.worker_id in lost_on or w.host_id in lost_on, (
+                    f"{w.worker_id} has a free slot while task {self.index[id(item)]} waits"
+                )
+
+    # -- the end: run to completion --------------------------------------------------------------
+
+    def teardown(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        for host in self.hosts:
+            if host.frozen:
+                self.resume_host(host)
+        for _ in range(50):
+            if all(item.future.done() for item in self.items) and core.finished():
+                break
+            self.run_everything_once()
+        unfinished = [i for i, item in enumerate(self.items) if not item.future.done()]
+        assert not unfinished, f"tasks {unfinished} never ended"
+        core.request_shutdown()
+        assert core.finished(), "the dispatcher could not finish after shutdown"
+
+    def resume_host(self, host: SimHost) -> None:
+        """A host that was silent longer than heartbeat_timeout (or that the executor
+        declared lost, or that died) kills its worker processes and registers anew under
+        a new host id; one that was silent briefly just goes on."""
+        assert self.core is not None
+        host.frozen = False
+        gone = host.dead or host.host_id not in self.core.hosts
+        if gone or self.now - host.frozen_at > HB_TIMEOUT:
+            host.dead = False
+            for sim in self.sim_workers:
+                if sim.host is host:
+                    sim.alive = False
+                    sim.running = None
+            host.incarnation += 1
+            host.host_id = f"{host.host_id.split('-')[0]}-{host.incarnation}"
+        self.core.heartbeat(host.host_id, host.name, self.now)
+
+    def run_everything_once(self) -> None:
+        """One round of a healthy cluster: every host keeps a ready worker (its supervisor
+        replaces the ones that leave), every worker runs and reports what it holds, and
+        time moves on."""
+        core = self.core
+        assert core is not None
+        busy = True
+        while busy:
+            busy = False
+            for sim in self.sim_workers:
+                if sim.alive and sim.state.alive and not sim.state.ready:
+                    core.worker_ready(sim.state)
+            for host in self.hosts:
+                if not any(s.alive and s.host is host and not s.stopping for s in self.sim_workers):
+                    n = len(self.sim_workers)
+                    w = core.worker_joined(
+                        f"w{n:015d}", host.host_id, host.name, 1000 + n, 1, self.now
+                    )
+                    self.sim_workers.append(SimWorker(w, host, self.settings.max_tasks_per_child))
+                    core.worker_ready(w)
+            self.after_event()
+            for sim in list(self.sim_workers):
+                if not sim.alive:
+                    while sim.outbox:  # late results of the dead
+                        message = sim.outbox.popleft()
+                        if message[0] == "result":
+                            self._deliver_result(sim.worker_id, message[1])
+                    continue
+                while sim.running or (sim.inbox and not sim.stopping):
+                    busy = True
+                    if sim.running is None:
+                        self.start(sim)
+                    self.finish(sim, 0.001)
+                while sim.outbox:
+                    busy = True
+                    self.deliver(sim, 1)
+        self.advance(HB_INTERVAL)
+
+
+# -- long random walks: deep interleavings, cheaply ----------------------------------------------
+#
+# hypothesis shrinks a failure to a minimal example, but its runs are short. These walks go
+# hundreds of steps deep with weights that favour the interesting events (work, deaths,
+# freezes, time), from fixed seeds, so a failure is replayed exactly by its seed.
+
+WALKS = int(os.environ.get("ZMQEXECUTOR_SIM_WALKS", "1500"))
+WALK_STEPS = 200
+
+
+def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
+    """Drive a simulation from ``seed``; return the trace (raises on a broken invariant)."""
+    rng = random.Random(seed)
+    sim = SchedulerSimulation()
+    sim.setup(
+        max_retries=rng.choice([0, 0, 1, 2]),
+        prefetch=rng.choice([None, None, 0, 2]),
+        max_tasks=rng.choice([None, None, 1, 3]),
+        hosts=rng.randint(1, 3),
+    )
+    trace = [f"setup {sim.settings}"]
+
+    def some(predicate: Any) -> SimWorker | None:
+        found = sim.eligible(predicate)
+        return rng.choice(found) if found else None
+
+    def act() -> str:
+        kind = rng.choices(
+            ["submit", "join", "work", "deliver", "die", "sigterm", "freeze", "resume",
+             "advance", "cancel", "replay", "misdirect", "shutdown"],
+            weights=[12, 5, 20, 14, 5, 2, 3, 3, 12, 2, 1, 1, 1],
+        )[0]  # fmt: skip
+        if kind == "submit":
+            n = rng.randint(1, 6)
+            sim.submit(n=n, digest=rng.choice(DIGESTS))
+            return f"submit {n}"
+        if kind == "join":
+            hosts = [h for h in sim.hosts if not h.frozen]
+            if not hosts:
+                return "join: no host"
+            host = rng.choice(hosts)
+            init = rng.choice(["ready", "ready", "ready", "failed", "later"])
+            w = sim.add_worker(host, rng.choice([1, 1, 2]), init)
+            return f"join {w.worker_id[-3:]} on {host.host_id} {init}"
+        if kind == "work":
+            w = some(lambda s: s.alive and (s.running or s.inbox))
+            if w is None:
+                return "work: none"
+            k = rng.randint(1, 3)
+            sim.work_on(w, k)
+            return f"work {w.worker_id[-3:]} x{k}"
+        if kind == "deliver":
+            w = some(lambda s: s.outbox)
+            if w is None:
+                return "deliver: none"
+            n = rng.randint(1, 3)
+            sim.deliver(w, n)
+            return f"deliver {w.worker_id[-3:]} x{n}"
+        if kind == "die":
+            w = some(lambda s: s.alive)
+            if w is None:
+                return "die: none"
+            report = rng.choice(["died", "died", "timeout", "host"])
+            sim.die_now(w, report)
+            return f"die {w.worker_id[-3:]} {report}"
+        if kind == "sigterm":
+            w = some(lambda s: s.alive and not s.stopping)
+            if w is None:
+                return "sigterm: none"
+            w.draining = True
+            if w.running is None:
+                sim._leave(w)
+            return f"sigterm {w.worker_id[-3:]}"
+        if kind in ("freeze", "resume"):
+            host = rng.choice(sim.hosts)
+            if kind == "freeze" and not host.frozen:
+                host.frozen, host.frozen_at = True, sim.now
+            elif kind == "resume" and host.frozen:
+                sim.resume_host(host)
+                sim.after_event()
+            return f"{kind} {host.host_id}"
+        if kind == "advance":
+            dt = rng.choice([0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5])
+            sim.advance(dt)
+            return f"advance {dt}"
+        if kind == "cancel" and sim.items:
+            i = rng.randrange(len(sim.items))
+            sim.items[i].future.cancel()
+            sim.after_event()
+            return f"cancel {i}"
+        if kind == "replay" and sim.delivered:
+            sender, task_id = rng.choice(sim.delivered)
+            sim._deliver_result(sender, task_id)
+            sim.after_event()
+            return f"replay {task_id}"
+        if kind == "misdirect" and len(sim.sim_workers) >= 2:
+            a, b = rng.sample(sim.sim_workers, 2)
+            held = list(a.state.outstanding)
+            if held:
+                sim._deliver_result(b.worker_id, held[0])
+                sim.after_event()
+            return f"misdirect {held[:1]} to {b.worker_id[-3:]}"
+        if kind == "shutdown":
+            cancel = rng.random() < 0.5
+            sim.shutdown(cancel_futures=cancel)
+            return f"shutdown cancel_futures={cancel}"
+        return f"{kind}: nothing"
+
+    checks = [
+        sim.every_task_is_in_exactly_one_place,
+        sim.owner_agrees_with_outstanding,
+        sim.at_most_once,
+        sim.futures_end_once,
+        sim.no_lost_wakeup,
+    ]
+    try:
+        for _ in range(steps):
+            trace.append(act())
+            for check in checks:
+                check()
+        trace.append("teardown")
+        sim.teardown()
+    except AssertionError as e:
+        raise AssertionError(f"seed {seed}: {e}\n  " + "\n  ".join(trace[-60:])) from None
+    return trace
+
+
+@pytest.mark.timeout(300)
+def test_random_walks() -> None:
+    for seed in range(WALKS):
+        random_walk(seed)
+
+
+SchedulerSimulation.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@pytest.mark.timeout(300)
+class TestSchedulerSimulation(SchedulerSimulation.TestCase):  # type: ignore[name-defined,misc]
+    pass
+
+
+# -- regression tests: minimal examples of bugs the simulation found ------------------------
+
+
+def test_retry_resolves_after_the_grace_of_finished_results() -> None:
+    """Issue 9 bug 1: a worker dies with a finished result unsent and a task running; the
+    running task is retried elsewhere under a new id. When the finished result's grace
+    expired, the old dispatcher forgot the *new* id, whose owner by then was the live worker,
+    so the retry's result was discarded and its future never ended."""
+    state = SchedulerSimulation()
+    state.setup(max_retries=1, prefetch=2, max_tasks=None, hosts=1)
+    state.submit(n=3, digest=DIGESTS[0])
+    (host,) = state.hosts
+    first = state.add_worker(host)
+    assert len(first.inbox) == 3
+    second = state.add_worker(host)
+    state.work_on(first, 2)  # finished one (result unsent), runs the second
+    state.die_now(first)
+    state.owner_agrees_with_outstanding()
+    state.advance(LOST_RESULT_GRACE + 0.1)  # the unsent result is lost; the retry is not
+    state.every_task_is_in_exactly_one_place()
+    state.owner_agrees_with_outstanding()
+    state.work_on(second, 4)
+    state.deliver(second, 3)
+    # all three ended with a value: the lost one and the unsent one were retried (max_retries=1)
+    assert [i.future.result(timeout=0) for i in state.items] == [i.task_id for i in state.items]
+    assert sorted(state.exec_count.values()) == [1, 2, 2]
+    state.teardown()

@@ -1,0 +1,626 @@
+"""The sans-I/O scheduling core: which task goes to which worker, and how every future ends.
+
+It owns no socket, thread or clock (the time is an argument of every event that needs it),
+so a test can drive it through any interleaving (``tests/test_simulation.py``). The
+dispatcher thread translates socket traffic into the events below and carries out what
+they leave behind::
+
+    events in (Scheduler methods)                   actions out
+    -----------------------------                   -----------
+    pending.append(item)  (submit, any thread)      dispatch(now) -> [(worker, tasks to send)]
+    worker_joined / worker_ready / init_failed      resolved: [(future, ok, value)] to set
+    worker_left (BYE) / worker_died (DIED)          closed: [worker id] whose link to close
+    results(sender, records, now, load)             broken: why the executor cannot go on
+    heartbeat(host, now) / tick(now)                finished(): the dispatcher may exit
+    request_shutdown() / cancel_queued()
+
+Invariants (checked after every step of the simulation test):
+
+1. Every submitted task is in exactly one place: queued in ``pending``, held by exactly one
+   worker (``owner[id]`` is the worker whose ``outstanding`` has it, alive or dead and in its
+   grace period), or its future is done. ``owner`` and the workers' ``outstanding`` agree.
+2. Every future ends exactly once (the simulation sets what ``resolved`` says and fails on a
+   second transition), and once shutdown is requested and every worker is gone or idle,
+   the dispatcher finishes with no future pending.
+3. At most once by default: a task that may have run (sent to a worker that started it, or
+   whose fate is unknown) is sent again only while ``sends <= max_retries``, and never to a
+   worker (or, after a host loss, a host) it was lost on.
+4. No lost wake-up: after ``dispatch``, no ready worker with a free slot idles while a task
+   it may take waits in ``pending``.
+
+Rules:
+
+- Tasks are sent in order to the least-loaded ready worker (credit-based flow control,
+  zguide ch. 7): a free slot always takes a task; beyond that (prefetch) a worker takes
+  only tasks known to be short, while many wait (``_accepts``).
+- A worker runs what it holds in the order sent. When it dies, its supervisor reports the
+  last task it started: the task running then failed (``WorkerLostError``, or a retry with
+  ``max_retries``), the ones after it never started and go back to the front of the queue,
+  and the ones before it finished; their results may still be on the way, so they stay
+  held by the dead worker for ``LOST_RESULT_GRACE`` seconds before they count as lost.
+- A host silent for ``heartbeat_timeout`` is lost with every worker it had; all their tasks
+  may have run. A late result of a lost attempt is discarded: a retry gets a new task id.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._defaults import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DURATIONS_KEPT,
+    LOST_RESULT_GRACE,
+    MAX_PREFETCH,
+    NO_WORKER_WARNING,
+    PREFETCH_BACKLOG,
+    PREFETCH_BUDGET,
+)
+from ._protocol import ResultRecord
+from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
+
+log = logging.getLogger("zmqexecutor.dispatcher")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The executor's options that scheduling acts on."""
+
+    prefetch: int | None = None
+    max_tasks_per_child: int | None = None
+    max_retries: int = 0
+    task_timeout: float | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    no_worker_timeout: float | None = None
+    local_workers: int = 0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+    def welcome(self) -> dict[str, Any]:
+        """What every worker process is told when it registers."""
+        return {
+            "max_tasks_per_child": self.max_tasks_per_child,
+            "task_timeout": self.task_timeout,
+            "heartbeat_interval": self.heartbeat_interval,
+            "max_message_size": self.max_message_size,
+        }
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """A submitted call, pickled in submit() (outside any lock)."""
+
+    future: Future[Any]
+    task_id: int
+    digest: bytes
+    fn_bytes: bytes
+    payload: bytes
+    buffers: Sequence[Any]
+    #: times sent to a worker (a task sent back to the queue unstarted is sent again)
+    sends: int = 0
+    #: expected run time when it was sent (seconds; None if unknown)
+    estimate: float | None = None
+    #: when it was last sent
+    sent_at: float = 0.0
+    #: workers (and hosts) it was lost on; a retry never goes back to them (None: none yet,
+    #: so that a million queued tasks do not carry a million empty sets)
+    lost_on: set[str] | None = None
+
+
+@dataclass(eq=False)
+class WorkerState:
+    """What the executor knows about one worker process."""
+
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    host_id: str = ""
+    ready: bool = False
+    #: still registered (False once it left, died or its host was lost)
+    alive: bool = True
+    #: tasks sent and not answered, in the order sent (a worker runs them in that order)
+    outstanding: OrderedDict[int, WorkItem] = field(default_factory=OrderedDict)
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    #: expected run time of the tasks it holds (seconds), and how many it cannot estimate
+    queued: float = 0.0
+    unknown: int = 0
+    #: tasks this worker may still receive (max_tasks_per_child), None = unlimited
+    remaining: int | None = None
+
+    def describe(self) -> str:
+        return f"worker {self.host} pid {self.pid}"
+
+
+@dataclass
+class HostState:
+    """A worker host (one supervisor) and when it was last heard from."""
+
+    host_id: str
+    name: str
+    last_seen: float
+    workers: set[str] = field(default_factory=set)
+
+
+class Scheduler:
+    """The queue, the workers' credit, and every future between submit and its end."""
+
+    def __init__(self, settings: Settings, task_ids: Iterator[int], sink_address: str) -> None:
+        self.settings = settings
+        self.task_ids = task_ids
+        self.sink_address = sink_address
+        #: submitted and not sent; submit() appends from any thread (a deque's append,
+        #: popleft and appendleft are atomic), everything else happens on one thread
+        self.pending: deque[WorkItem] = deque()
+        self.workers: dict[str, WorkerState] = {}
+        self.hosts: dict[str, HostState] = {}
+        #: which worker holds each task that was sent and not answered
+        self.owner: dict[int, WorkerState] = {}
+        #: moving average of each callable's run time (by digest): how much to prefetch
+        self.durations: dict[bytes, float] = {}
+        #: the workers that are READY, and those of them with a free slot, longest idle first
+        #: (the zguide's LRU queue): with 200 workers no round scans them all
+        self._ready: dict[str, WorkerState] = {}
+        self._idle: OrderedDict[str, WorkerState] = OrderedDict()
+        self._ready_slots = 0
+        #: finished tasks of a dead worker whose results may still be in flight, by deadline
+        self._grace: list[tuple[float, WorkerState, list[int]]] = []
+        self.shutdown_requested = False
+        self.broken: str | None = None
+        self.init_failures = 0
+        #: since when tasks wait with no ready worker, and when that was last logged
+        self._waiting_since: float | None = None
+        self._warned_at: float | None = None
+        self.done = 0
+        self.failed = 0
+        self.discarded_results = 0
+        # -- actions for the I/O loop to carry out, drained by it --
+        #: futures to finish: (future, True, value) or (future, False, exception)
+        self.resolved: list[tuple[Future[Any], bool, Any]] = []
+        #: workers whose link (PUSH socket) is to be closed
+        self.closed: list[str] = []
+
+    # -- state questions -------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """True if a task submitted now could be sent at once (submit() must wake us)."""
+        return bool(self._idle)
+
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def needs_fast_ticks(self) -> bool:
+        """Deadlines are near (results in their grace, tasks waiting for a worker)."""
+        return bool(self._grace) or (bool(self.pending) and not self._ready)
+
+    def finished(self) -> bool:
+        """May the dispatcher stop? Only after shutdown, with nothing queued or held."""
+        if not self.shutdown_requested:
+            return False
+        if self.broken is not None:
+            return True
+        if self.pending and not self._ready:
+            # no worker to pop them: cancelled futures must still leave the queue (with
+            # workers, dispatch drops them; scanning here each round would be quadratic)
+            for _ in range(len(self.pending)):
+                item = self.pending.popleft()
+                if item.sends or not item.future.cancelled():
+                    self.pending.append(item)
+        return not self.pending and not self.owner
+
+    # -- events from the executor ------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested = True
+
+    def cancel_queued(self) -> None:
+        """shutdown(cancel_futures=True): cancel what no worker has been sent. Called from
+        the caller's thread, so only atomic deque operations touch ``pending``; a task that
+        was sent once and came back unstarted has a running future and stays queued."""
+        kept: list[WorkItem] = []
+        while True:
+            try:
+                item = self.pending.popleft()
+            except IndexError:
+                break  # the dispatcher took the last one
+            if item.sends or not item.future.cancel():
+                kept.append(item)
+        self.pending.extendleft(reversed(kept))
+
+    # -- events from workers ------------------------------------------------------------------
+
+    def worker_joined(
+        self, worker_id: str, host_id: str, host: str, pid: int, slots: int, now: float
+    ) -> WorkerState:
+        """A worker process registered (HELLO); it gets tasks once it is ready."""
+        w = WorkerState(
+            worker_id=worker_id,
+            host=host,
+            pid=pid,
+            slots=slots,
+            host_id=host_id,
+            remaining=self.settings.max_tasks_per_child,
+        )
+        self.workers[worker_id] = w
+        self._host(host_id, host, now).workers.add(worker_id)
+        return w
+
+    def worker_ready(self, w: WorkerState) -> None:
+        """Its initializer ran: it may take tasks."""
+        if w.ready or not w.alive:
+            return  # a repeated READY
+        w.ready = True
+        self._ready[w.worker_id] = w
+        self._ready_slots += w.slots
+        if self._has_slot(w):
+            self._idle[w.worker_id] = w
+        log.info("%s is ready", w.describe())
+
+    def worker_init_failed(self, w: WorkerState, error: str, traceback: str) -> None:
+        self._remove(w)
+        self._requeue_all(w)
+        self.init_failures += 1
+        log.error("%s refused: its initializer failed: %s\n%s", w.describe(), error, traceback)
+        local = self.settings.local_workers
+        if local and self.init_failures >= local:
+            self.break_(
+                "A process in the process pool was terminated abruptly while the future was "
+                f"running or pending: the initializer failed on every worker ({error})"
+            )
+
+    def worker_left(self, w: WorkerState, done: object) -> None:
+        """BYE: it sent every result before it, so what it still holds never started."""
+        self._remove(w)
+        self._requeue_all(w)
+        log.info("%s left after %s tasks", w.describe(), done)
+
+    def worker_died(
+        self,
+        w: WorkerState,
+        *,
+        running: int,
+        last_started: int,
+        how: str,
+        timeout: float,
+        now: float,
+    ) -> None:
+        """A worker process died (its supervisor's DIED report): fail the task it was
+        running, re-queue what it had not started, and give the results of what it had
+        finished a grace period to arrive."""
+        self._remove(w)
+        items = list(w.outstanding.values())
+        ids = [i.task_id for i in items]
+        cut = ids.index(last_started) + 1 if last_started in ids else 0
+        may_have_run, not_started = items[:cut], items[cut:]
+        # decided before _lost gives a retried task a new id
+        finished = [i.task_id for i in may_have_run if i.task_id != running]
+        how = f"{w.describe()} {how}"
+        for item in may_have_run:
+            if item.task_id != running:
+                continue
+            self._forget(w, item.task_id)
+            if timeout:
+                self._fail(
+                    item,
+                    TaskTimeoutError(
+                        f"the task ran longer than task_timeout={timeout:g}s on "
+                        f"{w.describe()} and was killed; raise task_timeout if it needs more time"
+                    ),
+                )
+            else:
+                self._lost(item, w, f"{how} while running this task")
+        if finished:  # their results may still be on the way: wait a little
+            self._grace.append((now + LOST_RESULT_GRACE, w, finished))
+        for item in not_started:
+            self._forget(w, item.task_id)
+        self._requeue(not_started)
+        log.warning("%s (%d task(s) sent elsewhere)", how, len(not_started))
+
+    def heartbeat(self, host_id: str, name: str, now: float) -> None:
+        self._host(host_id, name, now).last_seen = now
+
+    def results(
+        self,
+        sender: bytes,
+        records: Iterable[ResultRecord],
+        now: float,
+        load: Callable[[ResultRecord], tuple[bool, Any]],
+    ) -> None:
+        """RESULTS from the worker ``sender``: each accepted one is unpickled by ``load``
+        (only now: a result nobody waits for is never unpickled) and resolves its future."""
+        for record in records:
+            w = self.owner.get(record.task_id)
+            if w is None or w.worker_id.encode() != sender:
+                # late (its worker was declared lost), replayed, or misdirected
+                self.discarded_results += 1
+                log.info("discarded a result for task %d: not outstanding there", record.task_id)
+                continue
+            item = self._forget(w, record.task_id)
+            assert item is not None  # owner and outstanding agree (invariant 1)
+            self._learn_duration(item.digest, record.duration)
+            ok, value = load(record)
+            w.done += 1
+            if ok:
+                self.done += 1
+            else:
+                w.failed += 1
+                self.failed += 1
+            self.resolved.append((item.future, ok, value))
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Deadlines: results in their grace period, silent hosts, tasks with no worker."""
+        while self._grace and self._grace[0][0] <= now:
+            _, w, task_ids = self._grace.pop(0)
+            for task_id in task_ids:
+                item = self._forget(w, task_id)
+                if item is not None:  # its result did not arrive
+                    self._lost(
+                        item, w, f"{w.describe()} died after running this task; its result was lost"
+                    )
+        self._check_hosts(now)
+        self._check_no_workers(now)
+        self._fail_queue_if_broken()
+
+    def _check_hosts(self, now: float) -> None:
+        """A host silent for heartbeat_timeout is lost with every worker it had."""
+        for host in list(self.hosts.values()):
+            if now - host.last_seen <= self.settings.heartbeat_timeout:
+                continue
+            del self.hosts[host.host_id]
+            lost = [self.workers[i] for i in host.workers if i in self.workers]
+            if not lost:
+                continue
+            log.warning(
+                "worker host %s silent for %.1fs: lost with %d worker process(es)",
+                host.name,
+                now - host.last_seen,
+                len(lost),
+            )
+            for w in lost:
+                self._remove(w)
+                for item in list(w.outstanding.values()):
+                    self._forget(w, item.task_id)
+                    self._lost(
+                        item,
+                        w,
+                        f"{w.describe()} was lost: its host was silent for "
+                        f"{self.settings.heartbeat_timeout:g}s (heartbeat_timeout)",
+                        host=True,
+                    )
+
+    def _check_no_workers(self, now: float) -> None:
+        """Tasks wait while no worker is ready: warn now and then, and fail them after
+        no_worker_timeout (during shutdown after heartbeat_timeout at most)."""
+        if not self.pending or self._ready:
+            self._waiting_since = self._warned_at = None
+            return
+        if self._waiting_since is None:
+            self._waiting_since = self._warned_at = now
+        elif now - (self._warned_at or now) > NO_WORKER_WARNING:
+            log.warning("%d task(s) wait: no worker is connected", len(self.pending))
+            self._warned_at = now
+        limit = self.settings.no_worker_timeout
+        if self.shutdown_requested:
+            # shutdown() must return even when every worker is gone
+            limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
+        if limit is not None and now - self._waiting_since > limit:
+            while self.pending:
+                self._fail(
+                    self.pending.popleft(),
+                    NoWorkersError(
+                        f"no worker was connected for {limit:g}s (no_worker_timeout); start "
+                        f"workers with: zmqexecutor-worker {self.sink_address}"
+                    ),
+                )
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def dispatch(self, now: float) -> list[tuple[WorkerState, list[WorkItem]]]:
+        """Give pending tasks, in order, to the least loaded ready workers that accept them;
+        returns what to send to whom."""
+        if not self.pending:
+            return []
+        batches: dict[str, tuple[WorkerState, list[WorkItem]]] = {}
+        # A few tasks are spread one per worker, never prefetched: they may wait for each
+        # other, and a task queued behind one that blocks cannot be taken back yet.
+        backlog = len(self.pending) >= PREFETCH_BACKLOG * self._ready_slots
+        if self.settings.prefetch is None and not backlog:
+            # only free slots take tasks: the workers idle longest first (the zguide's LRU
+            # queue), so that no round costs time in proportion to the number of workers
+            idle = list(itertools.islice(self._idle.values(), len(self.pending)))
+            if not self._fill(idle, backlog, now, batches) or not self._idle:
+                return list(batches.values())
+            # a retry may not go back where it was lost: let every idle worker try it
+        self._fill(list(self._ready.values()), backlog, now, batches)
+        return list(batches.values())
+
+    def _fill(
+        self,
+        candidates: Iterable[WorkerState],
+        backlog: bool,
+        now: float,
+        batches: dict[str, tuple[WorkerState, list[WorkItem]]],
+    ) -> bool:
+        """Dispatch to ``candidates``, least loaded first, while they accept (prefetch only
+        with a ``backlog``); True if a task was put back because it was lost there."""
+        heap = [(len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
+                for w in candidates if w.remaining is None or w.remaining > 0]  # fmt: skip
+        heapq.heapify(heap)
+        deferred: list[WorkItem] = []
+        while heap and self.pending:
+            worker_id = heap[0][3]
+            w = self.workers[worker_id]
+            item = self.pending.popleft()
+            if not self._accepts(w, item, now, backlog):
+                self.pending.appendleft(item)  # the least loaded worker is full: all are
+                break
+            if item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
+                deferred.append(item)  # a retry never goes back where it was lost
+                continue
+            if not item.sends and not item.future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            item.estimate = self.durations.get(item.digest)
+            item.sent_at = now
+            self._hold(w, item)
+            w.outstanding[item.task_id] = item
+            self.owner[item.task_id] = w
+            item.sends += 1
+            w.sent += 1
+            if w.remaining is not None:
+                w.remaining -= 1
+            if not self._has_slot(w):
+                self._idle.pop(worker_id, None)
+            batch = batches.setdefault(worker_id, (w, []))[1]
+            batch.append(item)
+            if len(batch) >= DEFAULT_MAX_BATCH:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (len(w.outstanding) / w.slots, w.queued, w.sent, worker_id))
+        self.pending.extendleft(reversed(deferred))
+        return bool(deferred)
+
+    def _accepts(self, w: WorkerState, item: WorkItem, now: float, backlog: bool) -> bool:
+        """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
+        while many tasks wait (``backlog``) and only tasks known to be short, up to
+        PREFETCH_BUDGET seconds of queued work, so that batching pays for small tasks and a
+        prefetched task never waits long behind another while a worker is idle."""
+        held = len(w.outstanding)
+        if w.remaining is not None and w.remaining <= 0:
+            return False
+        if held < w.slots:
+            return True
+        if self.settings.prefetch is not None:
+            return held < w.slots + self.settings.prefetch
+        estimate = self.durations.get(item.digest)
+        if not backlog or estimate is None or w.unknown or held >= w.slots * MAX_PREFETCH:
+            return False
+        if w.queued + estimate > PREFETCH_BUDGET * w.slots:
+            return False
+        # a task that runs much longer than expected may block: queue nothing behind it
+        oldest = next(iter(w.outstanding.values()))
+        return now - oldest.sent_at <= w.queued + PREFETCH_BUDGET
+
+    @staticmethod
+    def _has_slot(w: WorkerState) -> bool:
+        """May ``w`` take a task without prefetching?"""
+        return len(w.outstanding) < w.slots and (w.remaining is None or w.remaining > 0)
+
+    @staticmethod
+    def _hold(w: WorkerState, item: WorkItem) -> None:
+        if item.estimate is None:
+            w.unknown += 1
+        else:
+            w.queued += item.estimate
+
+    def _learn_duration(self, digest: bytes, duration: float) -> None:
+        old = self.durations.get(digest)
+        self.durations[digest] = duration if old is None else old + (duration - old) / 8
+        if len(self.durations) > DURATIONS_KEPT:
+            del self.durations[next(iter(self.durations))]
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _forget(self, w: WorkerState, task_id: int) -> WorkItem | None:
+        """``w`` no longer holds ``task_id`` (answered, lost or taken back)."""
+        item = w.outstanding.pop(task_id, None)
+        if item is None:
+            return None
+        if self.owner.get(task_id) is w:
+            del self.owner[task_id]
+        if item.estimate is None:
+            w.unknown -= 1
+        elif w.outstanding:
+            w.queued = max(0.0, w.queued - item.estimate)
+        else:
+            w.queued = 0.0  # no drift from float sums
+        if w.ready and w.worker_id not in self._idle and self._has_slot(w):
+            self._idle[w.worker_id] = w
+        return item
+
+    def _remove(self, w: WorkerState) -> None:
+        """``w`` is gone: it gets no task any more and its link is closed."""
+        if not w.alive:
+            return
+        w.alive = False
+        self.workers.pop(w.worker_id, None)
+        if self._ready.pop(w.worker_id, None) is not None:
+            self._ready_slots -= w.slots
+        self._idle.pop(w.worker_id, None)
+        w.ready = False
+        host = self.hosts.get(w.host_id)
+        if host is not None:
+            host.workers.discard(w.worker_id)
+        self.closed.append(w.worker_id)
+
+    def _requeue_all(self, w: WorkerState) -> None:
+        items = list(w.outstanding.values())
+        for item in items:
+            self._forget(w, item.task_id)
+        self._requeue(items)
+
+    def _requeue(self, items: list[WorkItem]) -> None:
+        """Tasks a worker received but certainly never started go back to the front."""
+        self.pending.extendleft(reversed(items))
+
+    def _lost(self, item: WorkItem, w: WorkerState, how: str, *, host: bool = False) -> None:
+        """``item`` may have run on ``w``, which is gone: retry it elsewhere if the user
+        allowed it (max_retries), else fail it. Never re-run silently (at-most-once).
+        With ``host`` the whole host is avoided, not only the worker process."""
+        item.lost_on = (item.lost_on or set()) | {w.host_id if host else w.worker_id}
+        attempts = item.sends
+        if attempts <= self.settings.max_retries and self.broken is None:
+            log.warning("%s; retrying task elsewhere (attempt %d)", how, attempts + 1)
+            item.task_id = next(self.task_ids)  # a late result of the lost attempt is dropped
+            self.pending.appendleft(item)
+            return
+        tried = f"; attempted on {attempts} workers" if attempts > 1 else ""
+        self._fail(
+            item,
+            WorkerLostError(
+                f"{how}{tried}. The task may have partly run and was not retried "
+                f"(max_retries={self.settings.max_retries})"
+            ),
+        )
+
+    def _fail(self, item: WorkItem, error: BaseException) -> None:
+        """Fail ``item``'s future with its own exception instance (unless it was cancelled
+        while queued)."""
+        if item.sends or item.future.set_running_or_notify_cancel():
+            self.failed += 1
+            self.resolved.append((item.future, False, error))
+
+    def _host(self, host_id: str, name: str, now: float) -> HostState:
+        host = self.hosts.get(host_id)
+        if host is None:
+            host = self.hosts[host_id] = HostState(host_id, name, now)
+        return host
+
+    def _fail_queue_if_broken(self) -> None:
+        if self.broken is None:
+            return
+        while self.pending:
+            self._fail(self.pending.popleft(), BrokenZmqExecutor(self.broken))
+
+    def break_(self, reason: str) -> None:
+        """The executor cannot run anything any more: fail every queued and held future."""
+        self.broken = reason
+        self._fail_queue_if_broken()
+        for w in list(self.owner.values()):
+            for task_id in list(w.outstanding):
+                item = self._forget(w, task_id)
+                if item is not None:
+                    self._fail(item, BrokenZmqExecutor(reason))
+        self._grace.clear()
