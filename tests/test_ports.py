@@ -325,6 +325,28 @@ def test_killed_worker_comes_back_on_a_port_in_the_range(
     assert {inbox_port(pid) for pid in new_pids} == set(ports)
 
 
+def own_inbox_port() -> tuple[int, int]:
+    """Runs on a worker process: its pid and the port its inbox listens on."""
+    return os.getpid(), inbox_port(os.getpid())
+
+
+@pytest.mark.timeout(90)
+def test_replaced_process_rebinds_the_single_port(
+    make_executor: Callable[..., Any],
+    worker_hosts: Callable[..., WorkerHost],
+) -> None:
+    """max_tasks_per_child=1 on one port: each replacement binds the port its predecessor
+    left a moment ago (its connections in TIME_WAIT), and every task runs."""
+    port = free_port_range(1).first
+    ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
+    host = worker_hosts(
+        ex.address, "--listen", f"tcp://127.0.0.1:{port}", "-n", "1", "--max-tasks-per-child", "1"
+    )
+    seen = [ex.submit(own_inbox_port).result(timeout=RESULT_TIMEOUT) for _ in range(5)]
+    assert len({pid for pid, _ in seen}) == 5, host_logs(host)
+    assert {p for _, p in seen} == {port}, host_logs(host)
+
+
 @pytest.mark.timeout(90)
 def test_a_port_taken_by_another_program_is_skipped(
     make_executor: Callable[..., Any],
