@@ -434,3 +434,12 @@ def test_wildcard_sink_with_workers_is_told_as_the_route_to_them(
     sink_port = free_port_range(1).first
     ex = make_executor(workers=[rendezvous], listen=f"tcp://*:{sink_port}", token=new_token())
     assert ex.address == f"tcp://127.0.0.1:{sink_port}"
+
+
+def test_help_documents_the_port_options() -> None:
+    proc = subprocess.run(
+        [*WORKER, "--help"], capture_output=True, text=True, timeout=RESULT_TIMEOUT
+    )
+    assert proc.returncode == 0
+    for text in ("--inbox-ports", "FIRST-LAST", "HOST[:FIRST-LAST]", "tcp://HOST:6000-6015"):
+        assert text in proc.stdout
