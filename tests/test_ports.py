@@ -366,6 +366,27 @@ def test_a_port_taken_by_another_program_is_skipped(
 
 
 @pytest.mark.timeout(90)
+def test_every_port_taken_is_reported_and_retried_until_one_is_free(
+    make_executor: Callable[..., Any],
+    worker_hosts: Callable[..., WorkerHost],
+) -> None:
+    port = free_port_range(1).first
+    ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{port}", "-n", "1")
+        wait_until(
+            lambda: f"every port of the inbox range {port}-{port}" in host.log(),
+            what=lambda: f"the host to report the taken port\n{host_logs(host)}",
+        )
+    # the port is free again: the host's next attempt (respawn backoff) gets it
+    pid = ex.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
+    assert inbox_port(pid) == port, host_logs(host)
+    assert "exited with code 5" in host.log()
+
+
+@pytest.mark.timeout(90)
 def test_advertised_port_range_maps_each_bound_port(
     worker_hosts: Callable[..., WorkerHost],
 ) -> None:
