@@ -1,9 +1,12 @@
-"""Endpoint parsing and address discovery (which local address reaches a peer)."""
+"""Endpoint and port-range parsing, and address discovery (which local address reaches a
+peer)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import zmq
@@ -34,6 +37,125 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     if not sep or not host or not (port == "*" or port.isdigit()):
         raise ValueError(f"{endpoint!r} needs a host and a port: tcp://HOST:PORT")
     return Endpoint("tcp", host.strip("[]"), port)
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """The TCP ports ``first`` to ``last``, both included (a single port: first == last)."""
+
+    first: int
+    last: int
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.first, self.last + 1))
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+_RANGE_FORM = "PORT or FIRST-LAST, e.g. 6000 or 6000-6015"
+
+
+def parse_port_range(text: str, what: str = "port range") -> PortRange:
+    """``"6000"`` or ``"6000-6015"`` as a PortRange; ValueError naming the expected form."""
+    first, sep, last = text.strip().partition("-")
+    if not sep:
+        last = first
+    if not (first.isdigit() and last.isdigit()):
+        raise ValueError(f"{what} {text!r} is not {_RANGE_FORM}")
+    ports = PortRange(int(first), int(last))
+    if not 1 <= ports.first <= ports.last <= 65535:
+        raise ValueError(
+            f"{what} {text!r} must run from a lower to a higher port within 1-65535; "
+            f"expected {_RANGE_FORM}"
+        )
+    return ports
+
+
+def parse_listen(endpoint: str) -> tuple[Endpoint, PortRange | None]:
+    """A bind endpoint whose port may be a range: ``tcp://HOST:6000-6015``.
+
+    Returns the endpoint with port ``*`` when a port or range was given, and that range;
+    ``tcp://HOST:*`` (or port 0) gives the endpoint as is and None (the system picks a port).
+    """
+    transport, sep, rest = endpoint.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if transport == "tcp" and sep and colon and host and "-" in port:
+        ports = parse_port_range(port, f"the port range of {endpoint!r}")
+        return Endpoint("tcp", host.strip("[]"), "*"), ports
+    ep = parse_endpoint(endpoint)
+    if ep.transport != "tcp" or ep.port in ("*", "0"):
+        return ep, None
+    return Endpoint("tcp", ep.host, "*"), parse_port_range(ep.port)
+
+
+def parse_advertise(text: str) -> tuple[str, PortRange | None]:
+    """``HOST``, ``HOST:PORT`` or ``HOST:FIRST-LAST`` (IPv6 as ``[ADDR]:FIRST-LAST``): the
+    host the executor should reach this host at, and the ports it should use, if mapped."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"--advertise {text!r} is not [IPV6] or [IPV6]:FIRST-LAST")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:  # a name, an IPv4 address or a bare IPv6 address: no ports
+        host, port = text, None
+    if not host or "/" in host:
+        raise ValueError(
+            f"--advertise {text!r} is not HOST or HOST:FIRST-LAST (e.g. 203.0.113.7 or "
+            "203.0.113.7:7000-7015)"
+        )
+    ports = parse_port_range(port, f"the port range of --advertise {text!r}") if port else None
+    return host, ports
+
+
+def check_port_plan(
+    inbox_ports: PortRange | None, processes: int, advertise_ports: PortRange | None
+) -> None:
+    """Raise ValueError, saying what to change, if ``processes`` worker processes cannot
+    each bind a port of ``inbox_ports``, or ``advertise_ports`` does not map onto it."""
+    if inbox_ports is not None and len(inbox_ports) < processes:
+        raise ValueError(
+            f"the inbox port range {inbox_ports} has {len(inbox_ports)} port(s) for "
+            f"{processes} worker processes: each process binds its own port; widen the range "
+            f"to at least {processes} ports (e.g. {inbox_ports.first}-"
+            f"{inbox_ports.first + processes - 1}) or lower --processes"
+        )
+    if advertise_ports is None:
+        return
+    if inbox_ports is None:
+        raise ValueError(
+            f"--advertise maps ports ({advertise_ports}), but the worker processes bind "
+            "ephemeral ports: give the ports they bind, e.g. --listen tcp://HOST:6000-6015 "
+            "or --inbox-ports 6000-6015"
+        )
+    if len(advertise_ports) != len(inbox_ports):
+        raise ValueError(
+            f"--advertise port range {advertise_ports} has {len(advertise_ports)} port(s), the "
+            f"inbox port range {inbox_ports} has {len(inbox_ports)}: the process that binds "
+            "port FIRST+i is reached at advertised FIRST+i, so give ranges of the same length "
+            "(as in docker -p 7000-7015:6000-6015)"
+        )
+
+
+def port_candidates(ports: PortRange, live: Set[int], handed_out: Mapping[int, float]) -> list[int]:
+    """The order in which a new worker process tries the ports of ``ports``.
+
+    First the ports no live worker process was given, the longest unused first (never used
+    before recently used): a port given up a moment ago may still have connections in
+    TIME_WAIT, or a peer still reconnecting to it. Then the live ones, in case a process
+    bound another port than the one it was given first (another program held that one).
+    """
+    free = sorted((p for p in ports if p not in live), key=lambda p: handed_out.get(p, -1.0))
+    return free + [p for p in ports if p in live]
 
 
 def is_wildcard(host: str) -> bool:

@@ -31,6 +31,13 @@ examples:
       connect to ZmqExecutor(listen="tcp://0.0.0.0:5555", token_file=...)
   zmqexecutor-worker --listen tcp://*:5556 --token-file ~/.zmqexecutor/token
       wait for ZmqExecutor(workers=["tcp://thishost:5556"], token_file=...)
+  zmqexecutor-worker tcp://head:5555 -n 16 --listen tcp://10.0.0.5:6000-6015 --token-file ...
+      behind a firewall: the 16 worker processes bind ports 6000-6015 (the same with
+      --listen tcp://*:5556 --inbox-ports 6000-6015 when the executor attaches)
+  zmqexecutor-worker tcp://head:5555 -n 4 --listen tcp://*:6000-6003 \
+      --advertise 203.0.113.7:7000-7003 --token-file ...
+      in a container run with docker -p 7000-7003:6000-6003: the executor reaches the
+      process on port 6000+i at 203.0.113.7:7000+i
 """
 
 
@@ -54,13 +61,24 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         "--listen",
         metavar="ENDPOINT",
         help="without EXECUTOR: wait on ENDPOINT (e.g. tcp://*:5556) for an executor created "
-        "with workers=[...]; with EXECUTOR: the address the worker processes' inboxes bind to",
+        "with workers=[...]; with EXECUTOR: the address the worker processes' inboxes bind "
+        "to, with a port range for them (tcp://HOST:6000-6015, short for --inbox-ports) or "
+        "port * (ephemeral, the default)",
+    )
+    p.add_argument(
+        "--inbox-ports",
+        metavar="FIRST-LAST",
+        help="each worker process binds its inbox (which the executor connects to) to a free "
+        "port of this range, e.g. 6000-6015, for a firewall or a container's published ports; "
+        "needs at least --processes ports (default: ephemeral ports)",
     )
     p.add_argument(
         "--advertise",
-        metavar="HOST",
+        metavar="HOST[:FIRST-LAST]",
         help="the host name or address the executor should use to reach this host "
-        "(behind NAT, in a container); default: the local address that routes to the executor",
+        "(behind NAT, in a container); default: the local address that routes to the "
+        "executor. With a port range (for port mapping, e.g. docker -p 7000-7015:6000-6015) "
+        "the process bound to inbox port FIRST+i is reached at FIRST+i of this range",
     )
     p.add_argument(
         "--processes",
@@ -163,6 +181,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             args.executor,
             listen=args.listen,
             processes=args.processes,
+            inbox_ports=args.inbox_ports,
             advertise=args.advertise,
             insecure=args.insecure,
             heartbeat_interval=args.heartbeat_interval,

@@ -83,7 +83,9 @@ class ZmqExecutor(Executor):
         initargs: arguments of ``initializer``.
         max_tasks_per_child: a worker process exits after this many tasks and is replaced.
         listen: endpoint the executor binds for workers to connect to
-            (e.g. ``"tcp://0.0.0.0:5555"``).
+            (e.g. ``"tcp://0.0.0.0:5555"``). With ``workers``: the endpoint of the sink the
+            attached workers connect back to (default: an ephemeral port), e.g. to open
+            one fixed port in a firewall.
         workers: endpoints of worker hosts started with ``--listen`` to connect to.
         insecure: allow loopback TCP endpoints without a token (logs a warning; any user of
             this machine could connect). Never allows non-loopback endpoints.
@@ -205,8 +207,11 @@ class ZmqExecutor(Executor):
                 sink.bind(local_sink)
             sink_address = local_sink
             if listen:
+                # with workers= too, listen= fixes the sink's port (for a firewall); a
+                # wildcard host is then told to them as the address that routes to them
                 sink.bind(listen)
-                sink_address = concrete(bound_endpoint(sink))
+                peer = parse_endpoint(worker_list[0]).host if worker_list else ""
+                sink_address = concrete(bound_endpoint(sink), peer or None)
             elif worker_list:
                 sink_address = self._bind_for(sink, worker_list)
             for endpoint in worker_list:

@@ -22,6 +22,7 @@ the tasks it had merely received run elsewhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import mmap
@@ -57,7 +58,21 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
-from ._net import bound_endpoint, concrete, parse_endpoint, recv_frames, route_to, set_heartbeats
+from ._net import (
+    Endpoint,
+    PortRange,
+    bound_endpoint,
+    check_port_plan,
+    concrete,
+    parse_advertise,
+    parse_endpoint,
+    parse_listen,
+    parse_port_range,
+    port_candidates,
+    recv_frames,
+    route_to,
+    set_heartbeats,
+)
 from ._protocol import Kind, ResultRecord
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import error_result, exception_result, load_args, loads, value_result
@@ -74,6 +89,8 @@ FN_SLOTS = 1024
 EXIT_INIT_FAILED = 3
 #: exit code of a worker process (and its host) that the executor refused (versions)
 EXIT_REFUSED = 4
+#: exit code of a worker process that found no free port for its inbox in its range
+EXIT_NO_PORT = 5
 #: task ids a worker process remembers, so that a replayed task never runs twice
 SEEN_TASKS = 65536
 
@@ -150,6 +167,10 @@ class _Refused(Exception):
     """The executor refused this worker (versions differ): a person must act."""
 
 
+class _NoPort(Exception):
+    """Every port of the inbox range is taken: the supervisor retries later."""
+
+
 class WorkerProcess:
     """Registers with the executor, runs its initializer, then runs tasks one at a time."""
 
@@ -215,6 +236,9 @@ class WorkerProcess:
             log.error("%s was refused by the executor: %s", self.origin, e)
             self.status.state(REFUSED)
             return EXIT_REFUSED
+        except _NoPort as e:
+            log.error("%s: %s", self.origin, e)
+            return EXIT_NO_PORT
         finally:
             if on_signals:
                 signal.set_wakeup_fd(-1)
@@ -226,11 +250,12 @@ class WorkerProcess:
             self.ctx.term()
 
     def _serve(self) -> int:
-        self.inbox.bind(self.config["inbox"])
+        self._bind_inbox()
         inbox = bound_endpoint(self.inbox)
         if self.config.get("advertise"):
-            ep = parse_endpoint(inbox)
-            inbox = f"tcp://{self.config['advertise']}:{ep.port}"
+            # a port mapping (NAT, docker -p) moves every port of the range by one offset
+            port = int(parse_endpoint(inbox).port) + int(self.config.get("advertise_offset") or 0)
+            inbox = str(Endpoint("tcp", self.config["advertise"], str(port)))
         self.sink.connect(self.config["sink"])
         welcome = self._register(inbox)
         if welcome is None:
@@ -243,6 +268,28 @@ class WorkerProcess:
         self._loop()
         self.status.state(CLEAN_EXIT)
         return 0
+
+    def _bind_inbox(self) -> None:
+        """Bind the inbox: to ``inbox`` as given, or to the first free port of
+        ``inbox_ports`` (the supervisor's order: its choice first, then the others)."""
+        ports: list[int] | None = self.config.get("inbox_ports")
+        if not ports:
+            self.inbox.bind(self.config["inbox"])
+            return
+        host = parse_endpoint(self.config["inbox"]).host
+        for port in ports:
+            try:
+                self.inbox.bind(str(Endpoint("tcp", host, str(port))))
+                return
+            except zmq.ZMQError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                log.info("%s: inbox port %d is in use, trying another", self.origin, port)
+        raise _NoPort(
+            f"every port of the inbox range {min(ports)}-{max(ports)} on {host} is in use "
+            "(by this host's other worker processes or another program); free one, or widen "
+            "the range (--listen tcp://HOST:FIRST-LAST or --inbox-ports FIRST-LAST)"
+        )
 
     def _register(self, inbox: str) -> list[Any] | None:
         """Say HELLO until the executor WELCOMEs us; None if told to stop first."""
@@ -523,6 +570,8 @@ class _Child:
     status_path: str
     proc: subprocess.Popen[bytes]
     pidfd: int | None
+    #: the inbox port it was told to try first (with a fixed inbox port range)
+    inbox_port: int | None = None
     #: the running task and since when (for task_timeout)
     running: int = 0
     since: float = 0.0
@@ -552,7 +601,9 @@ class Supervisor:
         sink: str | None = None,
         rendezvous: str | None = None,
         inbox_host: str | None = None,
+        inbox_ports: PortRange | None = None,
         advertise: str | None = None,
+        advertise_ports: PortRange | None = None,
         local_dir: str | None = None,
         respawn_init_failed: bool = True,
         sys_path: list[str] | None = None,
@@ -569,7 +620,11 @@ class Supervisor:
         self.sink = sink
         self.rendezvous = rendezvous
         self.inbox_host = inbox_host
+        self.inbox_ports = inbox_ports
         self.advertise = advertise
+        self.advertise_ports = advertise_ports
+        #: when each inbox port was last given to a worker process (monotonic seconds)
+        self._ports_handed_out: dict[int, float] = {}
         self.local_dir = local_dir
         self.respawn_init_failed = respawn_init_failed
         self.sys_path = sys_path
@@ -834,19 +889,29 @@ class Supervisor:
         status_path = os.path.join(self._status_dir, worker_id)
         with open(status_path, "wb") as f:
             f.write(_STATUS.pack(0, 0, STARTING, proto.NO_SESSION, 0.0))
+        ports: list[int] | None = None
+        offset = 0
         if self.local_dir is not None:
             inbox = f"ipc://{self.local_dir}/w-{worker_id}"
             advertise = None
         else:
             sink_host = parse_endpoint(sink).host
-            inbox = f"tcp://{self.inbox_host or route_to(sink_host)}:*"
+            inbox = str(Endpoint("tcp", self.inbox_host or route_to(sink_host), "*"))
             advertise = self.advertise or parse_endpoint(concrete(inbox, sink_host)).host
+            if self.inbox_ports is not None:
+                live = {c.inbox_port for c in self._children() if c.inbox_port is not None}
+                ports = port_candidates(self.inbox_ports, live, self._ports_handed_out)
+                self._ports_handed_out[ports[0]] = time.monotonic()
+                if self.advertise_ports is not None:
+                    offset = self.advertise_ports.first - self.inbox_ports.first
         config = {
             "worker_id": worker_id,
             "host_id": self.host_id,
             "sink": sink,
             "inbox": inbox,
+            "inbox_ports": ports,
             "advertise": advertise,
+            "advertise_offset": offset,
             "status": status_path,
             "parent_pid": os.getpid(),
             "sys_path": self.sys_path,
@@ -871,7 +936,7 @@ class Supervisor:
                 pidfd = os.pidfd_open(proc.pid)
             except OSError:
                 pidfd = None  # old kernel: the loop's tick finds the exit instead
-        return _Child(index, worker_id, status_path, proc, pidfd)
+        return _Child(index, worker_id, status_path, proc, pidfd, ports[0] if ports else None)
 
     def _reap(self, poller: zmq.Poller) -> None:
         for slot in self.slots:
@@ -966,6 +1031,7 @@ def run_worker(
     *,
     listen: str | None = None,
     processes: int | None = None,
+    inbox_ports: str | None = None,
     advertise: str | None = None,
     insecure: bool = False,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
@@ -982,10 +1048,16 @@ def run_worker(
     Args:
         executor: the executor's endpoint (``ZmqExecutor(listen=...)``) to connect to.
         listen: without ``executor``: the endpoint to wait on for an executor created with
-            ``ZmqExecutor(workers=[...])``; with it: the address worker inboxes bind to.
+            ``ZmqExecutor(workers=[...])``; with it: the address worker inboxes bind to, and
+            with a port or range (``tcp://HOST:6000-6015``) the ports they bind (short for
+            ``inbox_ports``).
         processes: worker processes (default: one per core).
-        advertise: the host name or address the executor should use to reach this host
-            (behind NAT or in a container).
+        inbox_ports: ``"6000-6015"`` (or one port): each worker process binds its inbox to
+            a free port of this range (for firewalls and containers; default: ephemeral
+            ports). Needs at least ``processes`` ports.
+        advertise: the host (``"HOST"``) or host and port range (``"HOST:7000-7015"``) the
+            executor should use to reach this host (behind NAT or in a container): the
+            process that binds inbox port FIRST+i is reached at advertised FIRST+i.
         insecure: allow unauthenticated sockets on non-loopback addresses.
         heartbeat_interval: seconds between this host's heartbeats to the executor.
         heartbeat_timeout: an executor silent this long is gone; its tasks are abandoned.
@@ -1002,7 +1074,8 @@ def run_worker(
         the executor refused this host (different versions).
 
     Raises:
-        ConfigurationError: neither endpoint given, or an exposed endpoint without insecure.
+        ConfigurationError: neither endpoint given, an exposed endpoint without insecure,
+            or a malformed or too small port range.
     """
     if executor is None and listen is None:
         raise ConfigurationError(
@@ -1012,6 +1085,26 @@ def run_worker(
     processes = processes or os.cpu_count() or 1
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
+    try:
+        ports = parse_port_range(inbox_ports, "--inbox-ports") if inbox_ports else None
+        advertise_host, advertise_ports = parse_advertise(advertise) if advertise else (None, None)
+        if executor is not None and listen is not None:
+            listen_ports = parse_listen(listen)[1]
+            if listen_ports is not None and ports is not None:
+                raise ValueError(
+                    f"the inbox ports are given twice ({listen} and --inbox-ports "
+                    f"{inbox_ports}): give --listen tcp://HOST:FIRST-LAST or --inbox-ports alone"
+                )
+            ports = ports or listen_ports
+        elif listen is not None and "-" in (port := listen.rpartition(":")[2]) and "/" not in port:
+            raise ValueError(
+                f"without EXECUTOR, --listen {listen} is the one endpoint an executor attaches "
+                "to (e.g. tcp://*:5556), not a range: give the worker processes' ports with "
+                "--inbox-ports FIRST-LAST"
+            )
+        check_port_plan(ports, processes, advertise_ports)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
     resolved = resolve_token(token, token_file)
     secure = resolved is not None
     Security(resolved)  # fails early if libzmq lacks CURVE
@@ -1020,7 +1113,7 @@ def run_worker(
         check_exposure(executor, secure=secure, insecure=insecure, role="executor endpoint")
         sink_host = parse_endpoint(executor).host
         if listen is not None:
-            inbox_host = parse_endpoint(listen).host
+            inbox_host = parse_listen(listen)[0].host
         inbox = f"tcp://{inbox_host or (route_to(sink_host) if sink_host else '*')}:0"
         if parse_endpoint(executor).transport == "tcp":
             check_exposure(inbox, secure=secure, insecure=insecure, role="worker inbox")
@@ -1032,7 +1125,9 @@ def run_worker(
         sink=executor,
         rendezvous=listen if executor is None else None,
         inbox_host=inbox_host,
-        advertise=advertise,
+        inbox_ports=ports,
+        advertise=advertise_host,
+        advertise_ports=advertise_ports,
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
         token=resolved,
@@ -1054,11 +1149,12 @@ def run_worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "worker host %s pid %d: %d process(es), %s",
+        "worker host %s pid %d: %d process(es), %s, inbox ports %s",
         socket.gethostname(),
         os.getpid(),
         processes,
         f"executor {executor}" if executor else f"waiting on {listen}",
+        ports or "ephemeral",
     )
     supervisor.serve()
     if supervisor.refused:
