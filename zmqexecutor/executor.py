@@ -5,6 +5,7 @@ It never touches a socket: the dispatcher thread (``_dispatcher.py``) owns them 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -12,8 +13,9 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
 from typing import Any, TypeVar
@@ -358,26 +360,47 @@ class ZmqExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
-        """Like ProcessPoolExecutor.map: results in order, lazily; ``chunksize`` items per
-        task.
+        """Like ProcessPoolExecutor.map of Python 3.14, on every Python: results in order,
+        lazily; ``chunksize`` items per task.
+
+        Args:
+            fn: called as ``fn(*args)`` for each tuple of items of ``iterables``.
+            timeout: seconds, counted from this call, that the whole iteration may take.
+            chunksize: items sent to a worker as one task.
+            buffersize: None: every task is submitted now (the iterables are read to the
+                end). Otherwise only this many tasks (chunks when ``chunksize > 1``) are
+                submitted now, and one more each time a result is asked for, so an
+                infinite iterator works.
+
+        Returns:
+            An iterator of the results; closing it (or dropping it) cancels the tasks
+            that have not started. It holds the executor only by a weak reference: once
+            the executor is gone, it yields the results already submitted and stops.
 
         Raises:
-            ValueError: chunksize is less than 1.
+            ValueError: chunksize or buffersize is less than 1.
+            TypeError: buffersize is not an int.
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        # the checks and messages of Python 3.14's Executor.map
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
+            return _map_results(self, fn, zip(*iterables, strict=False), timeout, buffersize)
         if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
             process, it = _process_chunk, iter(iterables[0])
         else:
             process, it = _process_star_chunk, zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
-        results = super().map(partial(process, fn), chunks, timeout=timeout)
-        # keeps at most one chunk of results alive (the stdlib drops each as it is yielded)
-        return itertools.chain.from_iterable(results)
+        return _chain(
+            _map_results(self, partial(process, fn), zip(chunks, strict=False), timeout, buffersize)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; run what is queued (or cancel it), then stop the workers.
@@ -463,3 +486,64 @@ def _process_chunk(fn: Callable[..., T], chunk: list[Any]) -> list[T]:
 def _process_star_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     """Runs on the worker: one task for ``chunksize`` items of map() over several iterables."""
     return list(itertools.starmap(fn, chunk))
+
+
+def _map_results(
+    executor: Executor,
+    fn: Callable[..., T],
+    calls: Iterator[tuple[Any, ...]],
+    timeout: float | None,
+    buffersize: int | None,
+) -> Generator[T, None, None]:
+    """Submit map()'s first tasks now (all of them when ``buffersize`` is None) and return
+    the generator of their results, as Python 3.14's ``Executor.map`` does."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = calls if buffersize is None else itertools.islice(calls, buffersize)
+    futures = collections.deque(executor.submit(fn, *args) for args in first)
+    # weak, so that an iterator nobody reads does not keep the executor (and its workers)
+    return _results(weakref.ref(executor), fn, calls, futures, deadline, buffersize is not None)
+
+
+def _results(
+    executor_ref: weakref.ref[Executor],
+    fn: Callable[..., T],
+    calls: Iterator[tuple[Any, ...]],
+    futures: collections.deque[Future[T]],
+    deadline: float | None,
+    refill: bool,
+) -> Generator[T, None, None]:
+    futures.reverse()  # the oldest on the right, where pop() takes it; new ones join left
+    try:
+        while futures:
+            # One more task per result asked for, submitted before waiting (3.14 does the
+            # same: up to buffersize + 1 tasks are outstanding during a next()). Once the
+            # executor is gone, only what was submitted is yielded.
+            if refill and (executor := executor_ref()) is not None:
+                args = next(calls, None)
+                if args is not None:
+                    futures.appendleft(executor.submit(fn, *args))
+            # popped straight into the call: no reference to a yielded result stays here
+            yield _result_or_cancel(
+                futures.pop(), None if deadline is None else deadline - time.monotonic()
+            )
+    finally:  # close(), garbage collection, a timeout or an error: cancel what is left
+        for future in futures:
+            future.cancel()
+
+
+def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()  # after a timeout: the task need not run any more
+        del future  # break the cycle through a raised exception's traceback
+
+
+def _chain(results: Generator[list[T], None, None]) -> Generator[T, None, None]:
+    """The items of map()'s chunk results. Keeps at most one chunk of results alive (the
+    results generator drops each chunk as it is yielded); closing it closes ``results``
+    at once, which cancels the chunks not started."""
+    try:
+        yield from itertools.chain.from_iterable(results)
+    finally:
+        results.close()
