@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
+from types import ModuleType
 from typing import Any, TypeVar
 
 import zmq
@@ -32,7 +33,7 @@ from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer
 from ._future import LazyFuture
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
 from ._security import Security, check_exposure, resolve_token
-from ._serialize import FunctionCache, dump_args
+from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
 from .errors import (
     BrokenZmqExecutor,
@@ -110,10 +111,20 @@ class ZmqExecutor(Executor):
         token_file: a file holding the token (must not be readable by others).
         max_message_size: largest task or result frame in bytes; a larger task fails with
             TaskTooLargeError, a larger result with ResultTooLargeError.
+        ship_modules: modules (names or module objects) whose code is sent with the tasks,
+            for workers that cannot import them: a helper module next to your script, a
+            package (with its submodules) that is not installed on the workers. They are
+            pickled by value (cloudpickle's ``register_pickle_by_value``), which is
+            process-wide: from now on every user of cloudpickle in this process, other
+            executors included, sends them by value, and that stays so after shutdown
+            (undoing it could break another executor that relies on it). Their functions
+            are pickled once per executor, as importable ones are: a worker sees the
+            module's globals as they were when a function was first submitted.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
-        ConfigurationError: an endpoint is malformed or exposed without ``insecure``.
+        ConfigurationError: an endpoint is malformed or exposed without ``insecure``, or a
+            name in ``ship_modules`` cannot be imported.
     """
 
     def __init__(
@@ -136,6 +147,7 @@ class ZmqExecutor(Executor):
         token: str | None = None,
         token_file: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ship_modules: Iterable[str | ModuleType] | str | ModuleType = (),
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -160,6 +172,7 @@ class ZmqExecutor(Executor):
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 (or None)")
+        ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
         settings = Settings(
             prefetch=prefetch,
             max_tasks_per_child=max_tasks_per_child,
