@@ -389,8 +389,9 @@ class ZmqExecutor(Executor):
 
         Returns:
             An iterator of the results; closing it (or dropping it) cancels the tasks
-            that have not started. It holds the executor only by a weak reference: once
-            the executor is gone, it yields the results already submitted and stops.
+            that have not started. Until it is first read it holds the executor only by a
+            weak reference: once the executor is gone, it yields the results already
+            submitted and stops.
 
         Raises:
             ValueError: chunksize or buffersize is less than 1.
@@ -528,9 +529,10 @@ def _results(
     futures.reverse()  # the oldest on the right, where pop() takes it; new ones join left
     try:
         while futures:
-            # One more task per result asked for, submitted before waiting (3.14 does the
-            # same: up to buffersize + 1 tasks are outstanding during a next()). Once the
-            # executor is gone, only what was submitted is yielded.
+            # One more task per result asked for, submitted before waiting (as in 3.14: up
+            # to buffersize + 1 are outstanding during a next(), CPython gh-131466). Once
+            # the executor is gone, only what was submitted is yielded. As in 3.14, the
+            # `executor` local keeps it alive while this generator is suspended.
             if refill and (executor := executor_ref()) is not None:
                 args = next(calls, None)
                 if args is not None:
