@@ -234,7 +234,7 @@ def _ship_hint(text: str) -> str:
         try:
             if importlib.util.find_spec(name) is None:
                 return ""
-        except (ImportError, ValueError):
+        except Exception:  # any text a worker sent: a hint must never fail a result
             return ""
     return (
         f"The worker cannot import {name!r}, which this process can: install it on the "
