@@ -215,7 +215,9 @@ class WorkerHost:
     COMMAND = [sys.executable, "-m", "zmqexecutor", "worker"]
     STOP_TIMEOUT = 15.0
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
@@ -225,6 +227,7 @@ class WorkerHost:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
         self.pid = self.proc.pid  # also the process group id of the host's processes

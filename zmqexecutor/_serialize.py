@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import json
 import pickle
+import re
+import sys
 import traceback
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
 from typing import Any
 
 import cloudpickle
@@ -17,7 +22,7 @@ import cloudpickle
 from . import errors
 from ._defaults import FN_CACHE_SIZE, OOB_THRESHOLD
 from ._protocol import ResultRecord, Status
-from .errors import RemoteError, RemoteTraceback, ResultSerializationError
+from .errors import ConfigurationError, RemoteError, RemoteTraceback, ResultSerializationError
 
 # Arguments made only of these types pickle identically (and faster) with the C pickler.
 _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -164,18 +169,74 @@ def load_result(record: ResultRecord) -> tuple[bool, Any]:
             return False, errors.ResultSerializationError(
                 f"the task raised, but its exception could not be unpickled here: {_describe(e)}"
             )
+        if isinstance(exc, ModuleNotFoundError) and (hint := _ship_hint(exc.name or str(exc))):
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(hint)
+            else:
+                tb += f"\n{hint}"
         exc.__cause__ = RemoteTraceback(tb)
         return False, exc
     body = json.loads(bytes(record.payload))
     tb = body.get("traceback", "")
+    message = str(body.get("message", ""))
+    if "No module named" in message and (hint := _ship_hint(message)):
+        message = f"{message}. {hint}"
     error: BaseException
     if body.get("error") == "RemoteError":
-        error = RemoteError(body.get("type", "?"), body.get("message", ""), tb)
+        error = RemoteError(body.get("type", "?"), message, tb)
     else:
         cls = getattr(errors, str(body.get("error")), None)
         if not (isinstance(cls, type) and issubclass(cls, errors.ZmqExecutorError)):
             cls = errors.ZmqExecutorError
-        error = cls(body.get("message", ""))
+        error = cls(message)
     if tb:
         error.__cause__ = RemoteTraceback(tb)
     return False, error
+
+
+# -- modules the workers cannot import ----------------------------------------------------
+
+_MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+
+
+def ship_by_value(modules: Iterable[str | ModuleType] | str | ModuleType) -> None:
+    """Make cloudpickle pickle these modules (and a package's submodules) by value, for every
+    cloudpickle user in this process (``register_pickle_by_value`` is process-wide).
+
+    Raises:
+        ConfigurationError: a name cannot be imported here, or is not a module.
+    """
+    items = [modules] if isinstance(modules, (str, ModuleType)) else list(modules)
+    found = []
+    for module in items:  # all or none: check every one before registering any
+        try:
+            found.append(importlib.import_module(module) if isinstance(module, str) else module)
+        except ImportError as e:
+            raise ConfigurationError(
+                f"ship_modules: cannot import {module!r} here ({_describe(e)}); pass the name "
+                "of a module this process can import, or the module object"
+            ) from e
+        if not isinstance(found[-1], ModuleType):
+            raise ConfigurationError(f"ship_modules: {module!r} is not a module or its name")
+    for module in found:
+        cloudpickle.register_pickle_by_value(module)
+
+
+def _ship_hint(text: str) -> str:
+    """The remedy when a worker lacks a module this process can import, else "". Runs only
+    for a failed task, on the executor: only here can it tell whether the client has it."""
+    found = _MISSING_MODULE.search(text)
+    name = found.group(1) if found else text
+    if name not in sys.modules:
+        parent = name.rpartition(".")[0]
+        if parent and parent not in sys.modules:
+            return ""  # finding out would import the parent package here
+        try:
+            if importlib.util.find_spec(name) is None:
+                return ""
+        except Exception:  # any text a worker sent: a hint must never fail a result
+            return ""
+    return (
+        f"The worker cannot import {name!r}, which this process can: install it on the "
+        f"workers, or send its code with the tasks: ZmqExecutor(..., ship_modules=[{name!r}])"
+    )

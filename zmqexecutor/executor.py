@@ -5,6 +5,7 @@ It never touches a socket: the dispatcher thread (``_dispatcher.py``) owns them 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -12,10 +13,12 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
+from types import ModuleType
 from typing import Any, TypeVar
 
 import zmq
@@ -31,7 +34,7 @@ from ._future import LazyFuture
 from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
 from ._scheduler import Settings, WorkItem
 from ._security import Security, check_exposure, resolve_token
-from ._serialize import FunctionCache, dump_args
+from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
 from .errors import (
     BrokenZmqExecutor,
@@ -110,10 +113,20 @@ class ZmqExecutor(Executor):
         token_file: a file holding the token (must not be readable by others).
         max_message_size: largest task or result frame in bytes; a larger task fails with
             TaskTooLargeError, a larger result with ResultTooLargeError.
+        ship_modules: modules (names or module objects) whose code is sent with the tasks,
+            for workers that cannot import them: a helper module next to your script, a
+            package (with its submodules) that is not installed on the workers. They are
+            pickled by value (cloudpickle's ``register_pickle_by_value``), which is
+            process-wide: from now on every user of cloudpickle in this process, other
+            executors included, sends them by value, and that stays so after shutdown
+            (undoing it could break another executor that relies on it). Their functions
+            are pickled once per executor, as importable ones are: a worker sees the
+            module's globals as they were when a function was first submitted.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
-        ConfigurationError: an endpoint is malformed or exposed without ``insecure``.
+        ConfigurationError: an endpoint is malformed or exposed without ``insecure``, or a
+            name in ``ship_modules`` cannot be imported.
     """
 
     def __init__(
@@ -136,6 +149,7 @@ class ZmqExecutor(Executor):
         token: str | None = None,
         token_file: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ship_modules: Iterable[str | ModuleType] | str | ModuleType = (),
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -160,6 +174,7 @@ class ZmqExecutor(Executor):
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 (or None)")
+        ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
         settings = Settings(
             prefetch=prefetch,
             max_tasks_per_child=max_tasks_per_child,
@@ -367,26 +382,48 @@ class ZmqExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
-        """Like ProcessPoolExecutor.map: results in order, lazily; ``chunksize`` items per
-        task.
+        """Like ProcessPoolExecutor.map of Python 3.14, on every Python: results in order,
+        lazily; ``chunksize`` items per task.
+
+        Args:
+            fn: called as ``fn(*args)`` for each tuple of items of ``iterables``.
+            timeout: seconds, counted from this call, that the whole iteration may take.
+            chunksize: items sent to a worker as one task.
+            buffersize: None: every task is submitted now (the iterables are read to the
+                end). Otherwise only this many tasks (chunks when ``chunksize > 1``) are
+                submitted now, and one more each time a result is asked for, so an
+                infinite iterator works.
+
+        Returns:
+            An iterator of the results; closing it (or dropping it) cancels the tasks
+            that have not started. Until it is first read it holds the executor only by a
+            weak reference: once the executor is gone, it yields the results already
+            submitted and stops.
 
         Raises:
-            ValueError: chunksize is less than 1.
+            ValueError: chunksize or buffersize is less than 1.
+            TypeError: buffersize is not an int.
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        # the checks and messages of Python 3.14's Executor.map
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
+            return _map_results(self, fn, zip(*iterables, strict=False), timeout, buffersize)
         if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
             process, it = _process_chunk, iter(iterables[0])
         else:
             process, it = _process_star_chunk, zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
-        results = super().map(partial(process, fn), chunks, timeout=timeout)
-        # keeps at most one chunk of results alive (the stdlib drops each as it is yielded)
-        return itertools.chain.from_iterable(results)
+        return _chain(
+            _map_results(self, partial(process, fn), zip(chunks, strict=False), timeout, buffersize)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; run what is queued (or cancel it), then stop the workers.
@@ -466,3 +503,65 @@ def _process_chunk(fn: Callable[..., T], chunk: list[Any]) -> list[T]:
 def _process_star_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     """Runs on the worker: one task for ``chunksize`` items of map() over several iterables."""
     return list(itertools.starmap(fn, chunk))
+
+
+def _map_results(
+    executor: Executor,
+    fn: Callable[..., T],
+    calls: Iterator[tuple[Any, ...]],
+    timeout: float | None,
+    buffersize: int | None,
+) -> Generator[T, None, None]:
+    """Submit map()'s first tasks now (all of them when ``buffersize`` is None) and return
+    the generator of their results, as Python 3.14's ``Executor.map`` does."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = calls if buffersize is None else itertools.islice(calls, buffersize)
+    futures = collections.deque(executor.submit(fn, *args) for args in first)
+    # weak, so that an iterator nobody reads does not keep the executor (and its workers)
+    return _results(weakref.ref(executor), fn, calls, futures, deadline, buffersize is not None)
+
+
+def _results(
+    executor_ref: weakref.ref[Executor],
+    fn: Callable[..., T],
+    calls: Iterator[tuple[Any, ...]],
+    futures: collections.deque[Future[T]],
+    deadline: float | None,
+    refill: bool,
+) -> Generator[T, None, None]:
+    futures.reverse()  # the oldest on the right, where pop() takes it; new ones join left
+    try:
+        while futures:
+            # One more task per result asked for, submitted before waiting (as in 3.14: up
+            # to buffersize + 1 are outstanding during a next(), CPython gh-131466). Once
+            # the executor is gone, only what was submitted is yielded. As in 3.14, the
+            # `executor` local keeps it alive while this generator is suspended.
+            if refill and (executor := executor_ref()) is not None:
+                args = next(calls, None)
+                if args is not None:
+                    futures.appendleft(executor.submit(fn, *args))
+            # popped straight into the call: no reference to a yielded result stays here
+            yield _result_or_cancel(
+                futures.pop(), None if deadline is None else deadline - time.monotonic()
+            )
+    finally:  # close(), garbage collection, a timeout or an error: cancel what is left
+        for future in futures:
+            future.cancel()
+
+
+def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()  # after a timeout: the task need not run any more
+        del future  # break the cycle through a raised exception's traceback
+
+
+def _chain(results: Generator[list[T], None, None]) -> Generator[T, None, None]:
+    """The items of map()'s chunk results. Keeps at most one chunk of results alive (the
+    results generator drops each chunk as it is yielded); closing it closes ``results``
+    at once, which cancels the chunks not started."""
+    try:
+        yield from itertools.chain.from_iterable(results)
+    finally:
+        results.close()
