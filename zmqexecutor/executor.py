@@ -28,7 +28,14 @@ from ._defaults import (
 )
 from ._dispatcher import Dispatcher, Settings, WorkItem, pickle_initializer
 from ._future import LazyFuture
-from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
+from ._net import (
+    bound_endpoint,
+    concrete,
+    guard_listener,
+    parse_endpoint,
+    route_to,
+    set_heartbeats,
+)
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args
 from ._stats import ExecutorStats
@@ -197,6 +204,7 @@ class ZmqExecutor(Executor):
         sink = self._context.socket(zmq.PULL)
         sink.linger = 0
         sink.maxmsgsize = max_message_size
+        guard_listener(sink, network=bool(listen or worker_list))
         set_heartbeats(sink, heartbeat_interval, heartbeat_timeout)
         security.server(sink)
         attach: list[zmq.Socket[bytes]] = []

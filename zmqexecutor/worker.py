@@ -57,7 +57,15 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
-from ._net import bound_endpoint, concrete, parse_endpoint, recv_frames, route_to, set_heartbeats
+from ._net import (
+    bound_endpoint,
+    concrete,
+    guard_listener,
+    parse_endpoint,
+    recv_frames,
+    route_to,
+    set_heartbeats,
+)
 from ._protocol import Kind, ResultRecord
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import error_result, exception_result, load_args, loads, value_result
@@ -175,6 +183,7 @@ class WorkerProcess:
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.linger = 0
         self.inbox.maxmsgsize = DEFAULT_MAX_MESSAGE_SIZE
+        guard_listener(self.inbox, network=config["inbox"].startswith("tcp:"))
         self.security.server(self.inbox)
         self.sink = self.ctx.socket(zmq.PUSH)
         self.security.client(self.sink)
@@ -626,6 +635,7 @@ class Supervisor:
             self._rendezvous_sock = self.ctx.socket(zmq.PULL)
             self._rendezvous_sock.linger = 0
             self._rendezvous_sock.maxmsgsize = 64 * 1024  # only small control messages
+            guard_listener(self._rendezvous_sock, network=self.rendezvous.startswith("tcp:"))
             self.security.server(self._rendezvous_sock)
             self._rendezvous_sock.bind(self.rendezvous)
             poller.register(self._rendezvous_sock, zmq.POLLIN)
