@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import resource
@@ -26,12 +27,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, WorkerHost, host_logs
+from conftest import TESTS_DIR, WorkerHost, free_tcp_port, host_logs, wait_until
 
 from zmqexecutor import _net
 from zmqexecutor._defaults import HANDSHAKE_TIMEOUT
@@ -222,7 +223,7 @@ def test_idle_connections_do_not_lock_out_workers(enough_fds: None, tmp_path: Pa
     host: WorkerHost | None = None
     try:
         ready = ex.report(60)
-        flood = IdleFlood(ready["address"], IDLE_CONNECTIONS, accept_wait=5.0)
+        flood = IdleFlood(ready["address"], IDLE_CONNECTIONS, accept_wait=2.0)
         started = time.monotonic()
         host = WorkerHost(
             [ready["address"], "--processes", "1"], tmp_path / "worker.log", _env(token)
@@ -250,6 +251,98 @@ def test_idle_connections_do_not_lock_out_workers(enough_fds: None, tmp_path: Pa
             flood.close()
         ex.close()
         if host is not None:
+            host.stop()
+
+
+def _idle_connection(endpoint: str) -> socket.socket | None:
+    """A plain TCP connection to ``endpoint`` that sends nothing; None if refused."""
+    m = re.fullmatch(r"tcp://([\d.]+):(\d+)", endpoint)
+    assert m, endpoint
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.connect((m.group(1), int(m.group(2))))
+    except ConnectionRefusedError:
+        s.close()
+        return None
+    return s
+
+
+def _seconds_until_closed(conns: dict[str, socket.socket], timeout: float) -> dict[str, float]:
+    """How long after its greeting arrived the peer of each connection closed it (inf: not
+    within ``timeout``). We read and never answer."""
+    arrived: dict[str, float] = {}
+    closed: dict[str, float] = {}
+    with selectors.DefaultSelector() as selector:
+        for name, s in conns.items():
+            s.setblocking(False)
+            selector.register(s, selectors.EVENT_READ, name)
+        deadline = time.monotonic() + timeout
+        while len(closed) < len(conns) and time.monotonic() < deadline:
+            for key, _ in selector.select(deadline - time.monotonic()):
+                name = key.data
+                try:
+                    data = conns[name].recv(4096)
+                except ConnectionError:
+                    data = b""
+                now = time.monotonic()
+                arrived.setdefault(name, now)
+                if not data:
+                    closed[name] = now - arrived[name]
+                    selector.unregister(key.fileobj)
+    return {name: closed.get(name, float("inf")) for name in conns}
+
+
+@pytest.mark.timeout(120)
+def test_unfinished_handshakes_are_closed(
+    make_executor: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every bound socket that accepts network peers (the executor's sink, a worker host's
+    rendezvous socket, a worker process's inbox) closes a connection that sends nothing
+    after HANDSHAKE_TIMEOUT, not libzmq's 30 s."""
+    caplog.set_level(logging.INFO, logger="zmqexecutor")
+    token = secrets.token_urlsafe(24)
+    ex = make_executor(listen="tcp://127.0.0.1:*", token=token)
+    rendezvous = f"tcp://127.0.0.1:{free_tcp_port()}"
+    hosts = [
+        WorkerHost([ex.address, "--processes", "1"], tmp_path / "joins.log", _env(token)),
+        WorkerHost(
+            ["--listen", rendezvous, "--processes", "1"], tmp_path / "waits.log", _env(token)
+        ),
+    ]
+    conns: dict[str, socket.socket] = {}
+    try:
+        inboxes: list[str] = []
+
+        def joined() -> bool:
+            inboxes[:] = [
+                m.group(1)
+                for r in list(caplog.records)
+                if (m := re.search(r"joined \(inbox (tcp://[^)\s]+)\)", r.getMessage()))
+            ]
+            return bool(inboxes)
+
+        wait_until(joined, 30, lambda: f"a worker process to join{host_logs(*hosts)}")
+
+        def rendezvous_up() -> bool:
+            s = _idle_connection(rendezvous)
+            if s is not None:
+                conns["rendezvous"] = s
+            return s is not None
+
+        wait_until(rendezvous_up, 30, lambda: f"the host to listen{host_logs(*hosts)}")
+        for name, endpoint in (("sink", ex.address), ("inbox", inboxes[0])):
+            s = _idle_connection(endpoint)
+            assert s is not None, f"{name} {endpoint} refused a connection"
+            conns[name] = s
+        closed = _seconds_until_closed(conns, 40)
+        print("idle connection closed after (s):", {k: round(v, 2) for k, v in closed.items()})
+        late = {k: v for k, v in closed.items() if v > HANDSHAKE_TIMEOUT + 3}
+        assert not late, f"idle connections not closed in {HANDSHAKE_TIMEOUT + 3}s: {late}"
+        assert ex.submit(os.getpid).result(timeout=30) in hosts[0].processes()
+    finally:
+        for s in conns.values():
+            s.close()
+        for host in hosts:
             host.stop()
 
 
