@@ -49,6 +49,10 @@ FILES_OPENED = 50
 # opens FILES_OPENED files and runs one task; reports both as a JSON line.
 EXECUTOR_SCRIPT = """
 import json, os, resource, sys
+
+# the soft limit a user's shell gives (set here, not in a preexec_fn: pytest has threads)
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), hard))
 from zmqexecutor import ZmqExecutor
 
 ex = ZmqExecutor(listen="tcp://127.0.0.1:*")  # the token comes from $ZMQEXECUTOR_TOKEN
@@ -74,12 +78,6 @@ ex.shutdown(wait=True, cancel_futures=True)
 """
 
 
-def _shell_limits() -> None:
-    """preexec_fn: the soft open-file limit a user's shell gives (hard limit unchanged)."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (SHELL_SOFT_LIMIT, hard))
-
-
 def _env(token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQEXECUTOR_TOKEN")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
@@ -89,18 +87,17 @@ def _env(token: str) -> dict[str, str]:
 
 
 class ExecutorProcess:
-    """EXECUTOR_SCRIPT in a subprocess with the shell's soft open-file limit."""
+    """EXECUTOR_SCRIPT in a subprocess that starts with the shell's soft open-file limit."""
 
     def __init__(self, token: str, log_path: Path) -> None:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", EXECUTOR_SCRIPT, str(FILES_OPENED)],
+            [sys.executable, "-c", EXECUTOR_SCRIPT, str(FILES_OPENED), str(SHELL_SOFT_LIMIT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=_env(token),
-            preexec_fn=_shell_limits,
         )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
