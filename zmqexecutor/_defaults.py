@@ -49,3 +49,17 @@ DEFAULT_TOKEN_FILE = "~/.zmqexecutor/token"
 #: largest frame accepted on any socket (ZMQ_MAXMSGSIZE is per frame); larger tasks and
 #: results fail on their future instead
 DEFAULT_MAX_MESSAGE_SIZE = 2**30
+
+#: a connection to a bound socket that has not finished the ZMTP handshake (greeting, CURVE
+#: HELLO/WELCOME/INITIATE/READY, the ZAP check) after this long is closed (seconds; libzmq
+#: waits 30). Until then it costs a file descriptor, and anyone who can reach the port can
+#: open such connections without the token. A CURVE handshake is two round trips plus a
+#: ZAP call in a Python thread: 10 s leaves room for a 1 s round trip (satellite), a few
+#: TCP retransmissions and a GIL held by a busy process; a worker that still misses it
+#: simply reconnects.
+HANDSHAKE_TIMEOUT = 10.0
+#: a process that listens on TCP raises its soft limit on open files (RLIMIT_NOFILE) to its
+#: hard limit, but not beyond this: room for tens of thousands of connections, while
+#: programs it starts that loop over every possible fd (or use select()) are not slowed or
+#: broken by a limit of a million
+OPEN_FILES_WANTED = 65536

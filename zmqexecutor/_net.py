@@ -1,15 +1,26 @@
-"""Endpoint and port-range parsing, and address discovery (which local address reaches a
-peer)."""
+"""Endpoint and port-range parsing, address discovery (which local address reaches a peer),
+and the socket and process settings that keep a listening port usable under a flood of idle
+connections."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import zmq
+
+from ._defaults import HANDSHAKE_TIMEOUT, OPEN_FILES_WANTED
+
+try:
+    import resource
+except ImportError:  # Windows: no rlimits
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 class Endpoint(NamedTuple):
@@ -194,6 +205,53 @@ def set_heartbeats(sock: zmq.Socket[bytes], interval: float, timeout: float) -> 
     sock.heartbeat_ivl = int(interval * 1000)
     sock.heartbeat_timeout = int(timeout * 1000)
     sock.heartbeat_ttl = int(timeout * 1000)
+
+
+def guard_listener(sock: zmq.Socket[bytes], *, network: bool) -> None:
+    """Settings for a socket about to bind where peers connect (call before ``bind``: libzmq
+    copies the options into the listener).
+
+    Anyone who can reach a TCP port can open connections to it without the token and send
+    nothing. libzmq gives each one a file descriptor until its handshake times out (30 s by
+    default); about a thousand of them used to exhaust the usual soft limit of 1,024 open
+    files, so no worker could join and the user's own process could not open a file. So:
+    connections that have not finished the ZMTP handshake after ``HANDSHAKE_TIMEOUT`` are
+    closed, and with ``network`` (the socket binds TCP) the process's open-file limit is
+    raised (:func:`raise_open_file_limit`). The context's ``MAX_SOCKETS`` (1023) is no
+    limit here: it counts sockets, not the connections of one bound socket.
+    """
+    sock.handshake_ivl = int(HANDSHAKE_TIMEOUT * 1000)
+    if network:
+        raise_open_file_limit()
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int | None:
+    """Raise this process's soft limit on open files (RLIMIT_NOFILE) toward its hard limit,
+    to at most ``wanted``; never lower it. Failure is logged and tolerated.
+
+    The soft limit (usually 1,024) is what a shell or systemd gives; the hard limit is what
+    the administrator allows, and servers that hold many connections raise the soft one to
+    it themselves, as Go's runtime and the JVM do. Code in this process that uses
+    ``select.select`` cannot watch fds above 1,023 either way; zmq, asyncio, ``selectors`` and
+    ``subprocess`` use poll or epoll.
+
+    Returns:
+        the soft limit now in force, or None where there are no rlimits (Windows).
+    """
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:  # e.g. macOS refuses more than OPEN_MAX
+            log.debug("cannot raise the open-file limit from %d to %d: %s", soft, target, e)
+            return soft
+        log.debug("raised the open-file limit from %d to %d (hard limit %s)", soft, target, hard)
+        return target
+    log.debug("open-file limit left at %s (hard limit %s)", soft, hard)
+    return soft
 
 
 def concrete(endpoint: str, peer_host: str | None = None) -> str:

@@ -31,7 +31,14 @@ from ._defaults import (
 )
 from ._dispatcher import Dispatcher, pickle_initializer
 from ._future import LazyFuture
-from ._net import bound_endpoint, concrete, parse_endpoint, route_to, set_heartbeats
+from ._net import (
+    bound_endpoint,
+    concrete,
+    guard_listener,
+    parse_endpoint,
+    route_to,
+    set_heartbeats,
+)
 from ._scheduler import Settings, WorkItem
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args, ship_by_value
@@ -213,6 +220,7 @@ class ZmqExecutor(Executor):
         sink = self._context.socket(zmq.PULL)
         sink.linger = 0
         sink.maxmsgsize = max_message_size
+        guard_listener(sink, network=bool(listen or worker_list))
         set_heartbeats(sink, heartbeat_interval, heartbeat_timeout)
         security.server(sink)
         attach: list[zmq.Socket[bytes]] = []

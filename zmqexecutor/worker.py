@@ -64,6 +64,7 @@ from ._net import (
     bound_endpoint,
     check_port_plan,
     concrete,
+    guard_listener,
     parse_advertise,
     parse_endpoint,
     parse_listen,
@@ -196,6 +197,7 @@ class WorkerProcess:
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.linger = 0
         self.inbox.maxmsgsize = DEFAULT_MAX_MESSAGE_SIZE
+        guard_listener(self.inbox, network=config["inbox"].startswith("tcp:"))
         self.security.server(self.inbox)
         self.sink = self.ctx.socket(zmq.PUSH)
         self.security.client(self.sink)
@@ -681,6 +683,7 @@ class Supervisor:
             self._rendezvous_sock = self.ctx.socket(zmq.PULL)
             self._rendezvous_sock.linger = 0
             self._rendezvous_sock.maxmsgsize = 64 * 1024  # only small control messages
+            guard_listener(self._rendezvous_sock, network=self.rendezvous.startswith("tcp:"))
             self.security.server(self._rendezvous_sock)
             self._rendezvous_sock.bind(self.rendezvous)
             poller.register(self._rendezvous_sock, zmq.POLLIN)
