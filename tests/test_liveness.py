@@ -120,6 +120,18 @@ def test_reconnect_then_freeze_renews() -> None:
     assert isinstance(h.tick(4.0), NewIncarnation)
 
 
+def test_heartbeat_after_the_deadline_does_not_revive() -> None:
+    """The host froze after its tick and before its heartbeat: that heartbeat comes too
+    late for the executor, so it must not keep the lost incarnation (seen in a stress run:
+    the host stayed forgotten)."""
+    h = live()
+    now = run(h, 0.0, 1.0)
+    h.heartbeat_sent(now + T + 0.5)
+    decision = h.tick(now + T + 0.6)
+    assert isinstance(decision, NewIncarnation), decision
+    assert "2.6s" in decision.reason, decision.reason
+
+
 def test_clock_never_runs_backwards_in_the_view() -> None:
     h = live(10.0)
     assert h.tick(9.0) is None  # a caller's stale timestamp does not move the view back
@@ -155,38 +167,50 @@ class HostAgainstExecutor(RuleBasedStateMachine):
         #: when the executor last heard from the current incarnation (None: it does not
         #: know it)
         self.heard: float | None = None
+        #: the executor has declared the current incarnation lost (forgot its workers)
+        self.lost = False
         self.renewals = 0
+
+    def _advance(self, dt: float) -> None:
+        self.now += dt
+        if self.heard is not None and self.now - self.heard > T:
+            self.lost = True
 
     def _tick(self) -> None:
         decision = self.host.tick(self.now)
-        lost = self.heard is not None and self.now - self.heard > T
         if decision is None:
-            assert not lost, (
-                f"zombie: the executor heard nothing for {self.now - (self.heard or 0):.2f}s "
-                f"> {T}s but the host kept its incarnation"
+            assert not self.lost, (
+                f"zombie: the executor declared this incarnation lost (silent since "
+                f"{self.heard}, now {self.now:.2f}) but the host kept it"
             )
             return
         assert isinstance(decision, NewIncarnation)
-        assert lost, "renewed an incarnation that the executor still knows"
+        assert self.lost, "renewed an incarnation that the executor still knows"
         self.renewals += 1
-        self.heard = None
+        self.heard, self.lost = None, False
 
     @rule(dt=st.floats(0.0, INTERVAL))
     def loop_iteration(self, dt: float) -> None:
-        self.now += dt
+        self._advance(dt)
         self._tick()
 
     @rule(dt=st.floats(0.0, 5 * T))
     def stand_still(self, dt: float) -> None:
         """SIGSTOP, suspend, a paused VM: time passes, the loop does not."""
-        self.now += dt
+        self._advance(dt)
         self._tick()
+
+    @rule(dt=st.floats(0.0, 5 * T))
+    def stand_still_before_heartbeat(self, dt: float) -> None:
+        """Frozen between the loop's tick and its heartbeat: the heartbeat goes out first."""
+        self._advance(dt)
+        self.heartbeat()
 
     @rule()
     def heartbeat(self) -> None:
         self.host.heartbeat_sent(self.now)
-        if self.connected:
-            self.heard = self.now
+        if self.connected and not self.lost:
+            self.heard = self.now  # a lost incarnation stays lost: its workers are forgotten
 
     @precondition(lambda self: not self.connected)
     @rule()
@@ -199,7 +223,7 @@ class HostAgainstExecutor(RuleBasedStateMachine):
         over = self.host.connection_dropped(self.now)
         assert (over is not None) == self.connected, "SessionOver exactly when one was up"
         self.connected = False
-        self.heard = None
+        self.heard, self.lost = None, False
 
     @invariant()
     def views_agree(self) -> None:

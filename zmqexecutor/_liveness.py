@@ -115,9 +115,14 @@ class HostLiveness:
         return SessionOver("the connection to the executor was lost")
 
     def heartbeat_sent(self, now: float) -> None:
-        """A HEARTBEAT was handed to the socket at ``now``; it counts only while connected."""
-        if self.connected:
-            self._reached = max(self._reached or now, now)
+        """A HEARTBEAT was handed to the socket at ``now``; it counts only while connected,
+        and only in time: one sent after the executor's deadline (the host froze between
+        its last tick and this send) cannot revive an incarnation it has forgotten."""
+        if not self.connected:
+            return
+        if self._reached is not None and now - self._reached > self.heartbeat_timeout:
+            return  # too late: the next tick starts a new incarnation
+        self._reached = max(self._reached or now, now)
 
     def _renew(self, reason: str) -> NewIncarnation:
         self.incarnation += 1

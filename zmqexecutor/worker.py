@@ -749,6 +749,7 @@ class Supervisor:
             self._close_report()
 
     def _send_heartbeat(self) -> None:
+        self._check_liveness()  # the host may have stood still since the loop's own check
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         if self._report is None:
             return
