@@ -78,13 +78,23 @@ def test_later_freezes_renew_again() -> None:
 
 
 def test_unknown_host_never_renews() -> None:
-    """Before any heartbeat reached the executor there is nothing to lose."""
+    """Before the executor was ever reached there is nothing to lose."""
     h = HostLiveness(T, 0.0)
-    h.heartbeat_sent(0.1)  # not connected yet: reaches nobody
+    h.heartbeat_sent(0.1)  # not connected yet: reaches nobody (for now)
     assert h.tick(60.0) is None
-    h.executor_seen(60.0)
-    assert h.tick(120.0) is None
     assert h.incarnation == 0 and not h.known
+
+
+def test_frozen_after_handshake_before_first_heartbeat() -> None:
+    """The executor knows us from the handshake on (the queued heartbeat arrives then, and
+    the worker processes say HELLO): a freeze before our next heartbeat still counts. Seen
+    under CPU load: the host stayed forgotten."""
+    h = HostLiveness(T, 0.0)
+    h.heartbeat_sent(0.0)  # queued before the connection
+    h.executor_seen(0.05)
+    assert h.known
+    assert h.tick(0.1) is None
+    assert isinstance(h.tick(2.3), NewIncarnation)
 
 
 def test_heartbeats_that_cannot_be_sent_lead_to_new_incarnation() -> None:
@@ -215,8 +225,10 @@ class HostAgainstExecutor(RuleBasedStateMachine):
     @precondition(lambda self: not self.connected)
     @rule()
     def handshake(self) -> None:
+        """From now on the executor may know us: queued heartbeats, workers' HELLO."""
         self.connected = True
         self.host.executor_seen(self.now)
+        self.heard = self.now
 
     @rule()
     def drop(self) -> None:

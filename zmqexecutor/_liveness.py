@@ -64,8 +64,8 @@ class HostLiveness:
         #: a ZMTP connection to the executor is up (handshake done, no drop since)
         self.connected = False
         self._last_tick = now
-        #: when the last heartbeat of this incarnation went out over a live connection: the
-        #: latest moment the executor may have heard from us (None: it may not know us yet)
+        #: when the executor last may have heard from this incarnation: the handshake or
+        #: the last heartbeat sent over a live connection (None: it cannot know us yet)
         self._reached: float | None = None
 
     def __repr__(self) -> str:
@@ -76,7 +76,7 @@ class HostLiveness:
 
     @property
     def known(self) -> bool:
-        """May the executor know this incarnation (a heartbeat reached it)?"""
+        """May the executor know this incarnation?"""
         return self._reached is not None
 
     def tick(self, now: float) -> NewIncarnation | None:
@@ -102,8 +102,12 @@ class HostLiveness:
         return self._renew(reason)
 
     def executor_seen(self, now: float) -> None:
-        """A connection to the executor completed its handshake: it is alive now."""
+        """A connection to the executor completed its handshake: it is alive now, and from
+        now on it may know us (heartbeats queued before the connection arrive now, and
+        worker processes say HELLO), even before our next heartbeat."""
         self.connected = True
+        if self._reached is None:
+            self._reached = now
 
     def connection_dropped(self, now: float) -> SessionOver | None:
         """The connection to the executor broke. None if none was up (nothing ends)."""
