@@ -58,6 +58,7 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
+from ._liveness import HostLiveness, SessionOver
 from ._net import (
     Endpoint,
     PortRange,
@@ -578,6 +579,8 @@ class _Child:
     running: int = 0
     since: float = 0.0
     timed_out: float = 0.0
+    #: why the supervisor killed it on purpose (a new incarnation), for the DIED report
+    replaced: str = ""
 
 
 @dataclass
@@ -645,6 +648,7 @@ class Supervisor:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._next_heartbeat = 0.0
+        self._liveness = HostLiveness(heartbeat_timeout, time.monotonic())
         self._monitor: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._own_context = context is None
@@ -704,6 +708,7 @@ class Supervisor:
                     self._signal_children(signal.SIGKILL)
                     stop_deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
                 events = dict(poller.poll(int(self._poll_timeout() * 1000)))
+                self._check_liveness()  # first: nothing of a lost incarnation may go out
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 if self._rendezvous_sock is not None and self._rendezvous_sock in events:
@@ -740,7 +745,10 @@ class Supervisor:
         report.sndhwm = 100  # heartbeats for a missing executor must not pile up
         set_heartbeats(report, self.heartbeat_interval, self.heartbeat_timeout)
         self.security.client(report)
-        self._monitor = report.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._liveness.connection_dropped(time.monotonic())  # a previous one ends here
+        self._monitor = report.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
         self._poller.register(self._monitor, zmq.POLLIN)
         report.connect(sink)
         self._report = report
@@ -758,18 +766,31 @@ class Supervisor:
             self._report = None
 
     def _on_monitor_event(self) -> None:
-        """The connection to the executor broke (it died, or the network did): the session
-        is over. Running tasks are abandoned; fresh worker processes wait for the next one."""
+        """Feed the report socket's connection events to the liveness view; a broken
+        connection (the executor died, or the network did) ends the session."""
         assert self._monitor is not None
-        # only EVENT_DISCONNECTED is asked for, so the content does not matter (and
-        # zmq.utils.monitor would import asyncio: 30 ms, at shutdown, holding the GIL)
+        over: SessionOver | None = None
         with contextlib.suppress(zmq.Again):
             while True:
-                self._monitor.recv_multipart(zmq.NOBLOCK)
-        if self.stopping:
-            return  # our own shutdown closed the connection
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+                # the event id is the first uint16 of the first frame (zmq.utils.monitor
+                # would import asyncio: 30 ms, at shutdown, holding the GIL)
+                (event,) = struct.unpack_from("<H", frames[0])
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._liveness.executor_seen(time.monotonic())
+                elif event == zmq.EVENT_DISCONNECTED:
+                    over = self._liveness.connection_dropped(time.monotonic()) or over
+        if over is None or self.stopping:
+            return  # nothing ended, or our own shutdown closed the connection
+        self._end_session()
+
+    def _end_session(self) -> None:
+        """The session is over. Running tasks are abandoned; fresh worker processes wait
+        for the next executor."""
         abandoned = 0
         for child in self._children():
+            if child.replaced:
+                continue  # already killed with its incarnation
             status = read_status(child.status_path)
             if status.session != proto.NO_SESSION:
                 child.proc.kill()
@@ -786,6 +807,7 @@ class Supervisor:
             self._close_report()
 
     def _send_heartbeat(self) -> None:
+        self._check_liveness()  # the host may have stood still since the loop's own check
         self._next_heartbeat = time.monotonic() + self.heartbeat_interval
         if self._report is None:
             return
@@ -798,6 +820,33 @@ class Supervisor:
         }
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
             self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
+            self._liveness.heartbeat_sent(time.monotonic())
+
+    def _check_liveness(self) -> None:
+        """Start a new incarnation when the executor must have declared this host lost."""
+        renew = self._liveness.tick(time.monotonic())
+        if renew is None or self.stopping:
+            return
+        # The executor forgot this host's worker processes and will never send them a task;
+        # they would wait forever. Fresh ones under a new host id register as a new host.
+        old, self.host_id = self.host_id, uuid.uuid4().hex[:16]
+        abandoned = 0
+        for child in self._children():
+            with contextlib.suppress(OSError):
+                abandoned += bool(read_status(child.status_path).running)
+            child.replaced = "was replaced by a new incarnation of its host"
+            child.proc.kill()
+        log.warning(
+            "%s: the executor has declared this host lost; starting incarnation %d "
+            "(host id %s, was %s): %d worker process(es) replaced, %d running task(s) abandoned",
+            renew.reason,
+            self._liveness.incarnation,
+            self.host_id,
+            old,
+            len(self._children()),
+            abandoned,
+        )
+        self._next_heartbeat = 0.0  # announce the new host id at once
 
     def _session_over(self) -> None:
         """With ``once``: the executor we served has left, so this host is done too."""
@@ -967,7 +1016,7 @@ class Supervisor:
             elif status.state == READY:
                 slot.failures = 0
             self._report_death(child, code, status)
-            if status.state != READY:
+            if status.state != READY and not child.replaced:
                 slot.failures += 1
                 slot.not_before = time.monotonic() + self._backoff(slot)
 
@@ -977,6 +1026,8 @@ class Supervisor:
         how = describe_exit(code)
         if child.timed_out:
             how = f"was killed because its task ran past task_timeout={child.timed_out:g}s"
+        elif child.replaced:
+            how = child.replaced
         log.warning(
             "worker process %d %s (running task %s)", child.proc.pid, how, status.running or "-"
         )
