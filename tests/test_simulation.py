@@ -117,6 +117,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
         self.hosts = [SimHost(f"host{i}-0", f"h{i}") for i in range(hosts)]
         for host in self.hosts:
             self.core.heartbeat(host.host_id, host.name, self.now)
+        self.core.tick(self.now)  # the dispatcher's loop ticks from its first round
 
     # -- the dispatcher's part -----------------------------------------------------------------
 
@@ -393,6 +394,22 @@ class SchedulerSimulation(RuleBasedStateMachine):
             self.core.tick(self.now)
             self.after_event()
 
+    @rule()
+    def stall(self) -> None:
+        """The executor itself stands still longer than heartbeat_timeout (SIGSTOP, a
+        suspended VM); the hosts' heartbeats wait in the sink and are read after its first
+        tick. No host that kept beating may be declared lost for the executor's silence."""
+        assert self.core is not None
+        beating = [h.host_id for h in self.hosts if not h.frozen and h.host_id in self.core.hosts]
+        self.now += HB_TIMEOUT + 0.5
+        self.core.tick(self.now)
+        for host in self.hosts:
+            if not host.frozen:
+                self.core.heartbeat(host.host_id, host.name, self.now)
+        self.after_event()
+        lost = [h for h in beating if h not in self.core.hosts]
+        assert not lost, f"hosts {lost} were declared lost while the executor stood still"
+
     # -- invariants --------------------------------------------------------------------------
 
     @invariant()
@@ -480,6 +497,10 @@ class SchedulerSimulation(RuleBasedStateMachine):
         host.frozen = False
         gone = host.dead or host.host_id not in self.core.hosts
         if gone or self.now - host.frozen_at > HB_TIMEOUT:
+            if host.host_id not in self.core.hosts:
+                # a heartbeat of the old incarnation, sent before it noticed: no revival
+                self.core.heartbeat(host.host_id, host.name, self.now)
+                assert host.host_id not in self.core.hosts, "a lost host came back to life"
             host.dead = False
             for sim in self.sim_workers:
                 if sim.host is host:
@@ -557,8 +578,8 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
     def act() -> str:
         kind = rng.choices(
             ["submit", "join", "work", "deliver", "die", "sigterm", "freeze", "resume",
-             "advance", "cancel", "replay", "misdirect", "shutdown"],
-            weights=[12, 5, 20, 14, 5, 2, 3, 3, 12, 2, 1, 1, 1],
+             "advance", "cancel", "replay", "misdirect", "shutdown", "stall"],
+            weights=[12, 5, 20, 14, 5, 2, 3, 3, 12, 2, 1, 1, 1, 1],
         )[0]  # fmt: skip
         if kind == "submit":
             n = rng.randint(1, 6)
@@ -630,6 +651,9 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
                 sim._deliver_result(b.worker_id, held[0])
                 sim.after_event()
             return f"misdirect {held[:1]} to {b.worker_id[-3:]}"
+        if kind == "stall":
+            sim.stall()
+            return "stall"
         if kind == "shutdown":
             cancel = rng.random() < 0.5
             sim.shutdown(cancel_futures=cancel)

@@ -27,6 +27,11 @@ DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_TIMEOUT = 10.0
 #: how often a waiting worker repeats HELLO until the executor answers (seconds)
 HELLO_INTERVAL = 0.5
+#: sockets in the executor's ZeroMQ context (one per worker process, plus a few); each also
+#: costs file descriptors, see _net.raise_open_file_limit
+MAX_SOCKETS = 65536
+#: host ids declared lost that the executor remembers, so a late heartbeat cannot revive one
+LOST_HOSTS_KEPT = 1024
 #: how long results of a dead worker's finished tasks may still arrive (seconds)
 LOST_RESULT_GRACE = 1.0
 #: how long shutdown waits for worker processes to exit before killing them (seconds)

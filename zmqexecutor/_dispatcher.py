@@ -327,8 +327,12 @@ class Dispatcher(threading.Thread):
             return
         if kind is Kind.HEARTBEAT:
             body = proto.parse_control(frames)
+            timeout = body.get("timeout")
             core.heartbeat(
-                str(body.get("host_id", "")), str(body.get("host", "?")), time.monotonic()
+                str(body.get("host_id", "")),
+                str(body.get("host", "?")),
+                time.monotonic(),
+                float(timeout) if isinstance(timeout, (int, float)) else None,
             )
             return
         if session != self.session:
@@ -375,7 +379,11 @@ class Dispatcher(threading.Thread):
                 raise ValueError("bad inbox or worker id")
         except (KeyError, ValueError, TypeError) as e:
             raise proto.ProtocolError(f"HELLO with bad fields: {e}") from None
-        push = self.ctx.socket(zmq.PUSH)
+        try:
+            push = self.ctx.socket(zmq.PUSH)
+        except zmq.ZMQError as e:  # out of sockets or files: the worker repeats its HELLO
+            log.error("cannot accept worker %s pid %s yet: %s", body.get("host"), pid, e)
+            return
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
         set_heartbeats(push, self.settings.heartbeat_interval, self.settings.heartbeat_timeout)
@@ -405,7 +413,10 @@ class Dispatcher(threading.Thread):
         inbox = body.get("inbox")
         if not isinstance(inbox, str):
             return
-        push = self.ctx.socket(zmq.PUSH)
+        try:
+            push = self.ctx.socket(zmq.PUSH)
+        except zmq.ZMQError:
+            return  # out of sockets: it hears the reason on its next HELLO
         self.security.client(push)
         try:
             push.connect(inbox)

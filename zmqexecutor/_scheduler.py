@@ -59,6 +59,7 @@ from ._defaults import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_MESSAGE_SIZE,
     DURATIONS_KEPT,
+    LOST_HOSTS_KEPT,
     LOST_RESULT_GRACE,
     MAX_PREFETCH,
     NO_WORKER_WARNING,
@@ -179,6 +180,9 @@ class Scheduler:
         self.shutdown_requested = False
         self.broken: str | None = None
         self.init_failures = 0
+        #: hosts declared lost (bounded): a late heartbeat of one must not revive it
+        self._lost_hosts: OrderedDict[str, bool] = OrderedDict()
+        self._last_tick: float | None = None
         #: since when tasks wait with no ready worker, and when that was last logged
         self._waiting_since: float | None = None
         self._warned_at: float | None = None
@@ -327,8 +331,31 @@ class Scheduler:
         self._requeue(not_started)
         log.warning("%s (%d task(s) sent elsewhere)", how, len(not_started))
 
-    def heartbeat(self, host_id: str, name: str, now: float) -> None:
-        self._host(host_id, name, now).last_seen = now
+    def heartbeat(self, host_id: str, name: str, now: float, timeout: float | None = None) -> None:
+        """A host's HEARTBEAT (``timeout``: the heartbeat_timeout it judges itself by)."""
+        if host_id in self._lost_hosts:
+            if not self._lost_hosts[host_id]:
+                self._lost_hosts[host_id] = True
+                log.warning(
+                    "worker host %s (%s), declared lost, is alive again; its worker processes "
+                    "register anew under a new host id",
+                    name,
+                    host_id,
+                )
+            return
+        host = self.hosts.get(host_id)
+        if host is None:
+            host = self._host(host_id, name, now)
+            if timeout is not None and timeout != self.settings.heartbeat_timeout:
+                log.warning(
+                    "worker host %s judges the executor with heartbeat_timeout=%gs, this executor "
+                    "uses %gs: give both sides the same --heartbeat-timeout, or a host that was "
+                    "frozen may not notice that it was declared lost",
+                    name,
+                    timeout,
+                    self.settings.heartbeat_timeout,
+                )
+        host.last_seen = now
 
     def results(
         self,
@@ -362,6 +389,17 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Deadlines: results in their grace period, silent hosts, tasks with no worker."""
+        if (
+            self._last_tick is not None
+            and now - self._last_tick > self.settings.heartbeat_timeout / 2
+        ):
+            # The executor itself stood still (SIGSTOP, a suspended VM, a stalled process):
+            # the hosts' heartbeats wait unread in the sink. Silence we did not listen to
+            # is no evidence, so every host gets its window again.
+            for host in self.hosts.values():
+                host.last_seen += now - self._last_tick
+            log.warning("the executor did not run for %.1fs", now - self._last_tick)
+        self._last_tick = now
         while self._grace and self._grace[0][0] <= now:
             _, w, task_ids = self._grace.pop(0)
             for task_id in task_ids:
@@ -380,6 +418,9 @@ class Scheduler:
             if now - host.last_seen <= self.settings.heartbeat_timeout:
                 continue
             del self.hosts[host.host_id]
+            self._lost_hosts[host.host_id] = False
+            if len(self._lost_hosts) > LOST_HOSTS_KEPT:
+                self._lost_hosts.popitem(last=False)
             lost = [self.workers[i] for i in host.workers if i in self.workers]
             if not lost:
                 continue

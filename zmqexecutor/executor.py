@@ -28,6 +28,7 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_SOCKETS,
 )
 from ._dispatcher import Dispatcher, pickle_initializer
 from ._future import LazyFuture
@@ -215,6 +216,8 @@ class ZmqExecutor(Executor):
         self._functions_lock = threading.Lock()
 
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # one PUSH per worker process: libzmq's default of 1,023 sockets would cap the workers
+        self._context.max_sockets = MAX_SOCKETS
         security.start(self._context)
         self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
         sink = self._context.socket(zmq.PULL)
@@ -268,6 +271,7 @@ class ZmqExecutor(Executor):
                 heartbeat_timeout=heartbeat_timeout,
                 token=resolved,
                 context=self._context,
+                in_executor=True,
             )
         self._address = sink_address
         self._supervisor_thread = (

@@ -620,6 +620,7 @@ class Supervisor:
         once: bool = False,
         idle_timeout: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        in_executor: bool = False,
     ) -> None:
         self.processes = processes
         self.sink = sink
@@ -652,6 +653,9 @@ class Supervisor:
         self._monitor: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._own_context = context is None
+        #: runs in the executor's own process (local mode): a freeze stops both alike, and
+        #: the executor does not count silence it did not listen to, so never renew
+        self._in_executor = in_executor
         self.ctx = context or zmq.Context()
         self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=local_dir)
         self._wake_r, self._wake_w = os.pipe()
@@ -816,6 +820,7 @@ class Supervisor:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "interval": self.heartbeat_interval,
+            "timeout": self.heartbeat_timeout,
             "workers": [c.worker_id for c in self._children()],
         }
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
@@ -825,7 +830,7 @@ class Supervisor:
     def _check_liveness(self) -> None:
         """Start a new incarnation when the executor must have declared this host lost."""
         renew = self._liveness.tick(time.monotonic())
-        if renew is None or self.stopping:
+        if renew is None or self.stopping or self._in_executor:
             return
         # The executor forgot this host's worker processes and will never send them a task;
         # they would wait forever. Fresh ones under a new host id register as a new host.
