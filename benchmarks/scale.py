@@ -9,7 +9,7 @@ memory grows <= 300 MB for 1,000,000 queued tasks.
 
 * W1 at N workers: ``ZmqExecutor(listen="tcp://127.0.0.1:*", insecure=True)``; N simulated
   workers connect to it: ``--procs`` helper processes (this script with ``--helper``), each
-  running its share of real ``zmqexecutor.worker.WorkerProcess`` loops in threads (one
+  running its share of real ``zmqexecutor._worker_process.WorkerProcess`` loops in threads (one
   inbox, one sink connection, one status file each, exactly as a worker process has) and
   sending its host's heartbeats like a worker host's supervisor.  Once all N are
   registered and READY, an untimed warm-up gives every worker a task; then W1 (submit
@@ -65,7 +65,8 @@ def helper_main(a):
     import zmq
 
     from zmqexecutor import _protocol as proto
-    from zmqexecutor.worker import _STATUS, READY, STARTING, WorkerProcess, read_status
+    from zmqexecutor._status import State, create, read_status
+    from zmqexecutor._worker_process import WorkerProcess
 
     logging.basicConfig(
         level=logging.WARNING,
@@ -78,8 +79,7 @@ def helper_main(a):
     for _ in range(a.threads):
         worker_id = uuid.uuid4().hex[:16]
         path = os.path.join(status_dir, worker_id)
-        with open(path, "wb") as f:
-            f.write(_STATUS.pack(0, 0, STARTING, proto.NO_SESSION, 0.0))
+        create(path, proto.NO_SESSION)
         config = {
             "worker_id": worker_id,
             "host_id": host_id,
@@ -135,7 +135,7 @@ def helper_main(a):
     ready_reported = False
     try:
         while any(t.is_alive() for t in threads[1:]):
-            if not ready_reported and all(read_status(p).state == READY for p in paths):
+            if not ready_reported and all(read_status(p).state == State.READY for p in paths):
                 tmp = a.ready_file + ".tmp"
                 with open(tmp, "w") as f:
                     f.write(f"{os.getpid()} {a.threads}\n")

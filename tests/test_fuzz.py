@@ -142,7 +142,7 @@ def control_messages(
     """A well-formed control message (often a HELLO) whose body has the protocol's fields, each
     plausible or ill-typed, and usually the right versions: reaches the code past the JSON
     parser and the version check."""
-    from zmqexecutor.worker import cloudpickle_major, python_version
+    from zmqexecutor._protocol import cloudpickle_major, python_version
 
     kind = draw(st.sampled_from([Kind.HELLO] * 4 + list(Kind)))
     sess = draw(st.sampled_from([session, proto.NO_SESSION]) | st.binary(min_size=8, max_size=8))

@@ -371,7 +371,7 @@ def bait(canary: Path) -> bytes:
 
 def hello_body(worker_id: str, inbox: str, **overrides: Any) -> dict[str, Any]:
     """The JSON body of a worker's HELLO, as a fake worker sends it."""
-    from zmqexecutor.worker import cloudpickle_major, python_version
+    from zmqexecutor._protocol import cloudpickle_major, python_version
 
     body: dict[str, Any] = {
         "id": worker_id,
@@ -1354,7 +1354,7 @@ def test_bi13_protocol_or_python_version_mismatch(
     """BI-13: a (fake, authenticated) worker announcing protocol version 99, or another Python
     minor version, is refused: logged naming both versions, never welcomed nor given a task,
     and the executor stays healthy."""
-    from zmqexecutor.worker import python_version
+    from zmqexecutor._protocol import python_version
 
     caplog.set_level(logging.INFO, logger="zmqexecutor")
     token = new_token()
@@ -1402,12 +1402,12 @@ OTHER_VERSIONS = {
         str(proto.PROTOCOL_VERSION),
     ),
     "python": (
-        "import zmqexecutor.worker as w\nw.python_version = lambda: '3.99'\n",
+        "import zmqexecutor._protocol as w\nw.python_version = lambda: '3.99'\n",
         "3.99",
         sys_python(),
     ),
     "cloudpickle": (
-        "import zmqexecutor.worker as w\nw.cloudpickle_major = lambda: '99'\n",
+        "import zmqexecutor._protocol as w\nw.cloudpickle_major = lambda: '99'\n",
         "99",
         _cloudpickle_major(),
     ),

@@ -41,7 +41,7 @@ from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from ._security import Security
 from ._serialize import load_result
 from ._stats import ExecutorStats, WorkerStats
-from .worker import FN_SLOTS, version_mismatch
+from ._worker_process import FN_SLOTS
 
 if TYPE_CHECKING:
     from .executor import ZmqExecutor
@@ -368,7 +368,7 @@ class Dispatcher(threading.Thread):
         worker_id = str(body.get("id"))
         if worker_id in self.core.workers:
             return  # a repeated HELLO; WELCOME is on its way
-        mismatch = version_mismatch(body)
+        mismatch = proto.version_mismatch(body)
         if mismatch:
             self._refuse(body, mismatch)
             return

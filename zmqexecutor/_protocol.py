@@ -18,9 +18,12 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import cloudpickle
 
 from ._defaults import PROTOCOL_VERSION
 
@@ -272,3 +275,29 @@ def decode_results(frames: Sequence[Any]) -> tuple[bytes, list[ResultRecord]]:
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("RESULTS lengths do not match the frames")
     return sender, results
+
+
+# -- the version handshake (HELLO carries both; the executor refuses a mismatch) -------------
+
+
+def python_version() -> str:
+    """The Python minor version; pickled code needs the same one on both sides."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def cloudpickle_major() -> str:
+    return str(cloudpickle.__version__).split(".")[0]
+
+
+def version_mismatch(hello: dict[str, Any]) -> str | None:
+    """Why a worker that said ``hello`` cannot run our pickles, naming both sides; or None."""
+    ours = {"python": python_version(), "cloudpickle": cloudpickle_major()}
+    for name, mine in ours.items():
+        theirs = hello.get(name)
+        if theirs != mine:
+            what = "Python" if name == "python" else "cloudpickle major version"
+            return (
+                f"the worker runs {what} {theirs}, this executor {mine}; pickled callables "
+                f"need the same {what} on both sides"
+            )
+    return None

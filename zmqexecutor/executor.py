@@ -44,13 +44,13 @@ from ._scheduler import Settings, WorkItem
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
+from ._supervisor import Supervisor
 from .errors import (
     BrokenZmqExecutor,
     ConfigurationError,
     TaskSerializationError,
     TaskTooLargeError,
 )
-from .worker import Supervisor
 
 log = logging.getLogger("zmqexecutor.executor")
 

@@ -1,0 +1,461 @@
+"""One worker process: registers with the executor, runs its initializer, then runs the
+tasks it is sent, one at a time, in the order sent, and sends their results back.
+
+It is started by its host's supervisor (``_supervisor.py``) as a fresh interpreter
+(``python -c ...``), never a fork of the caller, and it is the mirror of the executor's
+dispatcher: ``recv`` TASKS on its inbox, ``send`` RESULTS to the executor's sink::
+
+    executor dispatcher --TASKS--> PULL inbox --> run in order --> PUSH --RESULTS--> sink
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from . import _protocol as proto
+from ._defaults import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ENV_TOKEN,
+    HELLO_INTERVAL,
+    RESULT_BATCH_WINDOW,
+    TICK,
+    WORKER_EXIT_TIMEOUT,
+)
+from ._net import (
+    Endpoint,
+    bound_endpoint,
+    guard_listener,
+    parse_endpoint,
+    recv_frames,
+)
+from ._protocol import Kind, ResultRecord
+from ._security import Security
+from ._serialize import error_result, exception_result, load_args, loads, value_result
+from ._status import State, StatusFile
+from .errors import ResultTooLargeError, TaskDeserializationError
+
+log = logging.getLogger("zmqexecutor.worker")
+
+#: callables a worker process keeps; the executor evicts in the same (insertion) order
+FN_SLOTS = 1024
+#: exit code of a worker process whose initializer failed
+EXIT_INIT_FAILED = 3
+#: exit code of a worker process (and its host) that the executor refused (versions)
+EXIT_REFUSED = 4
+#: exit code of a worker process that found no free port for its inbox in its range
+EXIT_NO_PORT = 5
+#: task ids a worker process remembers, so that a replayed task never runs twice
+SEEN_TASKS = 65536
+
+
+class _Refused(Exception):
+    """The executor refused this worker (versions differ): a person must act."""
+
+
+class _NoPort(Exception):
+    """Every port of the inbox range is taken: the supervisor retries later."""
+
+
+class WorkerProcess:
+    """Registers with the executor, runs its initializer, then runs tasks one at a time."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.worker_id: str = config["worker_id"]
+        self.origin = f"worker {socket.gethostname()} pid {os.getpid()}"
+        self.status = StatusFile(config["status"])
+        self.session = proto.NO_SESSION
+        self.max_tasks: int | None = None
+        self.tasks_done = 0
+        self.draining = False
+        self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
+        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self.seen: set[int] = set()
+        #: moving average of each callable's run time here: may its results wait in a batch?
+        self.durations: dict[bytes, float] = {}
+        self.seen_order: deque[int] = deque()
+        self.ctx = zmq.Context()
+        token = os.environ.get(ENV_TOKEN) if config.get("secure") else None
+        self.security = Security(token)
+        self.security.start(self.ctx)
+        self.inbox = self.ctx.socket(zmq.PULL)
+        self.inbox.linger = 0
+        self.inbox.maxmsgsize = DEFAULT_MAX_MESSAGE_SIZE
+        guard_listener(self.inbox, network=config["inbox"].startswith("tcp:"))
+        self.security.server(self.inbox)
+        self.sink = self.ctx.socket(zmq.PUSH)
+        self.security.client(self.sink)
+        # results are flushed before a clean exit; a dead executor must not hang us forever
+        self.sink.linger = int(WORKER_EXIT_TIMEOUT * 1000)
+        # queue HELLOs only on a live connection, so a late executor gets no backlog of them
+        self.sink.immediate = True
+        # SIGTERM only sets ``draining`` (raising from a handler can surface anywhere, even in
+        # a zmq destructor); the signal module writes a byte here, which ends any wait at once.
+        self.wakeup, self._wakeup_w = socket.socketpair()
+        for sock in (self.wakeup, self._wakeup_w):
+            sock.setblocking(False)
+        self._inbox_poller = zmq.Poller()
+        self._inbox_poller.register(self.inbox, zmq.POLLIN)
+        self._inbox_poller.register(self.wakeup, zmq.POLLIN)
+        self._sink_poller = zmq.Poller()
+        self._sink_poller.register(self.sink, zmq.POLLOUT)
+        self._sink_poller.register(self.wakeup, zmq.POLLIN)
+
+    def _wait(self, poller: zmq.Poller, sock: zmq.Socket[bytes], timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``sock`` (as registered in ``poller``); a signal ends
+        the wait early. True when ``sock`` is ready."""
+        events = dict(poller.poll(int(timeout * 1000)))
+        if self.wakeup in events:
+            with contextlib.suppress(BlockingIOError):
+                self.wakeup.recv(64)
+        return sock in events
+
+    def run(self) -> int:
+        """Serve until drained, told to leave, or orphaned; the exit code."""
+        # signals reach the main thread only (benchmarks run simulated workers in threads)
+        on_signals = threading.current_thread() is threading.main_thread()
+        if on_signals:
+            signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        try:
+            return self._serve()
+        except _Refused as e:
+            log.error("%s was refused by the executor: %s", self.origin, e)
+            self.status.state(State.REFUSED)
+            return EXIT_REFUSED
+        except _NoPort as e:
+            log.error("%s: %s", self.origin, e)
+            return EXIT_NO_PORT
+        finally:
+            if on_signals:
+                signal.set_wakeup_fd(-1)
+            self.wakeup.close()
+            self._wakeup_w.close()
+            self.inbox.close()
+            self.sink.close()
+            self.security.stop()
+            self.ctx.term()
+
+    def _serve(self) -> int:
+        self._bind_inbox()
+        inbox = bound_endpoint(self.inbox)
+        if self.config.get("advertise"):
+            # a port mapping (NAT, docker -p) moves every port of the range by one offset
+            port = int(parse_endpoint(inbox).port) + int(self.config.get("advertise_offset") or 0)
+            inbox = str(Endpoint("tcp", self.config["advertise"], str(port)))
+        self.sink.connect(self.config["sink"])
+        welcome = self._register(inbox)
+        if welcome is None:
+            self.status.state(State.CLEAN_EXIT)
+            return 0
+        if not self._initialize(welcome):
+            return EXIT_INIT_FAILED
+        self.status.state(State.READY)
+        self.sink.send_multipart(proto.control(Kind.READY, {"id": self.worker_id}, self.session))
+        self._loop()
+        self.status.state(State.CLEAN_EXIT)
+        return 0
+
+    def _bind_inbox(self) -> None:
+        """Bind the inbox: to ``inbox`` as given, or to the first free port of
+        ``inbox_ports`` (the supervisor's order: its choice first, then the others)."""
+        ports: list[int] | None = self.config.get("inbox_ports")
+        if not ports:
+            self.inbox.bind(self.config["inbox"])
+            return
+        host = parse_endpoint(self.config["inbox"]).host
+        for port in ports:
+            try:
+                self.inbox.bind(str(Endpoint("tcp", host, str(port))))
+                return
+            except zmq.ZMQError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                log.info("%s: inbox port %d is in use, trying another", self.origin, port)
+        raise _NoPort(
+            f"every port of the inbox range {min(ports)}-{max(ports)} on {host} is in use "
+            "(by this host's other worker processes or another program); free one, or widen "
+            "the range (--listen tcp://HOST:FIRST-LAST or --inbox-ports FIRST-LAST)"
+        )
+
+    def _register(self, inbox: str) -> list[Any] | None:
+        """Say HELLO until the executor WELCOMEs us; None if told to stop first."""
+        hello = proto.control(
+            Kind.HELLO,
+            {
+                "id": self.worker_id,
+                "host": socket.gethostname(),
+                "host_id": self.config["host_id"],
+                "pid": os.getpid(),
+                "inbox": inbox,
+                "slots": 1,
+                "python": proto.python_version(),
+                "cloudpickle": proto.cloudpickle_major(),
+            },
+        )
+        while not self.draining:
+            # immediate=True: writable only once connected, so a HELLO is never queued stale
+            if self._wait(self._sink_poller, self.sink, HELLO_INTERVAL):
+                self.sink.send_multipart(hello, zmq.NOBLOCK)
+            deadline = time.monotonic() + HELLO_INTERVAL
+            while not self.draining and (timeout := deadline - time.monotonic()) > 0:
+                if not self._wait(self._inbox_poller, self.inbox, timeout + 0.001):
+                    continue
+                frames = recv_frames(self.inbox)
+                try:
+                    kind, session, _ = proto.parse_header(frames[0])
+                except proto.VersionMismatch as e:
+                    if e.kind == Kind.REFUSE:  # REFUSE is understood across versions
+                        raise _Refused(proto.parse_control(frames).get("reason", "")) from None
+                    log.warning("dropped a message while registering: %s", e)
+                    continue
+                except proto.ProtocolError as e:
+                    log.warning("dropped a bad message while registering: %s", e)
+                    continue
+                if kind is Kind.REFUSE:
+                    raise _Refused(str(proto.parse_control(frames).get("reason", "")))
+                if kind is Kind.WELCOME:
+                    self.session = session
+                    self.status.session(session)
+                    return frames
+                if kind is Kind.DETACH:
+                    self.sink.linger = 0
+                    return None
+            if self._orphaned():
+                return None
+        return None
+
+    def _initialize(self, welcome: list[Any]) -> bool:
+        body = proto.parse_control(welcome, n_frames=3)
+        limits = [n for n in (body.get("max_tasks_per_child"), self.config.get("max_tasks")) if n]
+        self.max_tasks = min(limits) if limits else None
+        self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
+        self.status.task_timeout(float(body.get("task_timeout") or 0.0))
+        if len(welcome) < 3 or len(welcome[2]) == 0:
+            return True
+        try:
+            initializer, initargs = loads(welcome[2])
+            initializer(*initargs)
+        except BaseException as e:
+            tb = traceback.format_exc()
+            log.error("initializer failed in %s: %r", self.origin, e)
+            self.status.state(State.INIT_FAILED)
+            self.sink.send_multipart(
+                proto.control(
+                    Kind.INIT_FAILED,
+                    {"id": self.worker_id, "error": f"{type(e).__name__}: {e}", "traceback": tb},
+                    self.session,
+                )
+            )
+            return False
+        return True
+
+    def _orphaned(self) -> bool:
+        return os.getppid() != int(self.config["parent_pid"])
+
+    def _loop(self) -> None:
+        while not self.draining:
+            if not self._wait(self._inbox_poller, self.inbox, TICK):
+                if self._orphaned():
+                    log.error("%s: supervisor is gone, exiting", self.origin)
+                    return
+                continue
+            frames = recv_frames(self.inbox)
+            try:
+                kind, session, _ = proto.parse_header(frames[0])
+                if session != self.session:
+                    raise proto.ProtocolError("message from another session")
+                if kind is Kind.DETACH:
+                    self.sink.linger = 0  # the executor has every result already, and leaves
+                    return
+                if kind is not Kind.TASKS:
+                    raise proto.ProtocolError(f"unexpected {kind.name}")
+                functions, tasks = proto.decode_tasks(frames)
+            except proto.ProtocolError as e:
+                log.warning("%s dropped a bad message: %s", self.origin, e)
+                continue
+            if self._run_tasks(functions, tasks):
+                return
+        # SIGTERM while idle: nothing runs, so leave at once
+        self.sink.linger = 200  # BYE is a courtesy: never wait long for a gone executor
+        self._say_bye()
+
+    def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
+        """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
+        for digest, data in functions.items():
+            self._learn_function(digest, data)
+        # Results of short tasks are batched, but none is held longer than about the window:
+        # they are sent once the oldest is that old, and before any task that may run long
+        # (a crash would lose them, and a slow task would delay them).
+        results: list[ResultRecord] = []
+        held_since = 0.0
+        for task in tasks:
+            if self.draining:
+                break  # the rest never started: BYE tells the executor to send them elsewhere
+            if self._replayed(task.task_id):
+                log.warning(
+                    "%s ignored task %d: it was delivered before", self.origin, task.task_id
+                )
+                continue
+            expected = self.durations.get(task.digest)
+            if results and (expected is None or expected > RESULT_BATCH_WINDOW):
+                self._send_results(results)
+                results = []
+            start = time.perf_counter()
+            self.status.started(task.task_id)
+            result = self._check_size(self._run_one(task))
+            self.status.finished(task.task_id)
+            end = time.perf_counter()
+            result.duration = end - start
+            self._learn_duration(task.digest, result.duration)
+            if not results:
+                held_since = start
+            results.append(result)
+            self.tasks_done += 1
+            if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
+                self.draining = True
+            if end - held_since > RESULT_BATCH_WINDOW:
+                self._send_results(results)
+                results = []
+        if results:
+            self._send_results(results)
+        if self.draining:
+            self._say_bye()
+        return self.draining
+
+    def _learn_duration(self, digest: bytes, duration: float) -> None:
+        old = self.durations.get(digest)
+        self.durations[digest] = duration if old is None else old + (duration - old) / 8
+        if len(self.durations) > FN_SLOTS:
+            del self.durations[next(iter(self.durations))]
+
+    def _say_bye(self) -> None:
+        """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
+        bye = {"id": self.worker_id, "done": self.tasks_done}
+        # immediate=True: with the executor gone a plain send would block forever
+        if self.sink.poll(100, zmq.POLLOUT):
+            with contextlib.suppress(zmq.Again):
+                self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session), zmq.NOBLOCK)
+
+    def _replayed(self, task_id: int) -> bool:
+        if task_id in self.seen:
+            return True
+        self.seen.add(task_id)
+        self.seen_order.append(task_id)
+        if len(self.seen_order) > SEEN_TASKS:
+            self.seen.discard(self.seen_order.popleft())
+        return False
+
+    def _check_size(self, result: ResultRecord) -> ResultRecord:
+        """A result over the executor's frame limit becomes an error it can receive."""
+        if (
+            not result.buffers
+            and len(result.payload) + proto.RECORD_OVERHEAD <= self.max_message_size
+        ):
+            return result  # the common case, without building the max() below
+        size = max(
+            len(result.payload) + proto.RECORD_OVERHEAD,
+            *(memoryview(b).nbytes for b in result.buffers),
+            0,
+        )
+        if size <= self.max_message_size:
+            return result
+        return error_result(
+            result.task_id,
+            ResultTooLargeError,
+            f"the task ran, but its pickled result of {size} bytes is over the executor's "
+            f"max_message_size={self.max_message_size}: return less data (write large results "
+            "to shared storage), or raise max_message_size",
+        )
+
+    def _send_results(self, results: list[ResultRecord]) -> None:
+        # ZMQ_MAXMSGSIZE bounds each frame: keep each message's first frame under the limit
+        start, size = 0, 0
+        for end, result in enumerate(results):
+            cost = len(result.payload) + proto.RECORD_OVERHEAD
+            if end > start and size + cost > self.max_message_size:
+                self._send_result_batch(results[start:end])
+                start, size = end, 0
+            size += cost
+        self._send_result_batch(results[start:])
+
+    def _send_result_batch(self, results: list[ResultRecord]) -> None:
+        frames = proto.encode_results(self.session, self.worker_id.encode(), results)
+        self.sink.send_multipart(frames, copy=len(frames) == 1)  # zero-copy only pays for buffers
+
+    def _learn_function(self, digest: bytes, data: memoryview) -> None:
+        fn: Callable[..., Any] | BaseException
+        try:
+            fn = loads(data)
+        except BaseException as e:
+            e.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            fn = e
+        self.functions[digest] = fn
+        if len(self.functions) > FN_SLOTS:
+            self.functions.popitem(last=False)
+
+    def _run_one(self, task: proto.TaskRecord) -> ResultRecord:
+        fn = self.functions.get(task.digest)
+        try:
+            if fn is None:
+                raise LookupError("the executor did not send the callable (protocol error)")
+            if isinstance(fn, BaseException):
+                raise fn
+            args, kwargs = load_args(task.payload, task.buffers)
+        except BaseException as e:
+            tb = getattr(e, "__traceback_text__", None) or traceback.format_exc()
+            return error_result(
+                task.task_id,
+                TaskDeserializationError,
+                f"{self.origin} could not unpickle the task: {type(e).__name__}: {e}; the task "
+                "did not run (is its module importable on the worker, with the same versions?)",
+                tb,
+            )
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as e:
+            return exception_result(task.task_id, e, self.origin)
+        return value_result(task.task_id, value)
+
+
+def child_main() -> None:
+    """Entry point of a worker process: ``python -c '...child_main()' CONFIG_JSON``."""
+    config = json.loads(sys.argv[1])
+    if config.get("sys_path"):
+        sys.path[:] = config["sys_path"]
+    logging.basicConfig(
+        level=config.get("log_level", "WARNING"),
+        format=f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s "
+        "%(message)s",
+    )
+    # Ctrl-C in a terminal reaches the whole process group: the executor decides, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = WorkerProcess(config)
+
+    def drain(signum: int, frame: object) -> None:
+        worker.draining = True  # a running task finishes first; waits end at once
+
+    signal.signal(signal.SIGTERM, drain)
+    code = worker.run()
+    # Leave as multiprocessing's forked children do: flush, then os._exit. A full
+    # interpreter teardown costs ~40 ms here, which every shutdown() would wait for; atexit
+    # handlers a task registered do not run (nor do they in ProcessPoolExecutor's children).
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
