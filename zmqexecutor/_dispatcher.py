@@ -91,7 +91,7 @@ class Dispatcher(threading.Thread):
         self.security = security
         self.welcome = settings.welcome()
         self.initializer = initializer
-        self.core = Scheduler(settings, task_ids, sink_address)
+        self.core = Scheduler(settings, task_ids, sink_address, local_host)
         self.links: dict[str, Link] = {}
         self._next_attach = 0.0
         self.before_detach = before_detach
@@ -109,6 +109,7 @@ class Dispatcher(threading.Thread):
         self.bytes_sent = 0
         self.bytes_received = 0
         self._stats_requests: deque[Future[ExecutorStats]] = deque()
+        self._break_requested: str | None = None
 
     # -- called from other threads ----------------------------------------------------
 
@@ -119,6 +120,11 @@ class Dispatcher(threading.Thread):
 
     def request_shutdown(self) -> None:
         self.core.request_shutdown()
+        self.wake()
+
+    def request_break(self, reason: str) -> None:
+        """Fail every queued and running future with ``reason`` and stop (on this thread)."""
+        self._break_requested = reason
         self.wake()
 
     # -- the loop -------------------------------------------------------------------------
@@ -132,6 +138,8 @@ class Dispatcher(threading.Thread):
             while True:
                 if self._executor_ref() is None:
                     core.request_shutdown()
+                if self._break_requested is not None and core.broken is None:
+                    self._break(self._break_requested)
                 if core.finished():
                     break
                 self._dispatch()  # first: a woken loop sends a new task before anything else

@@ -157,8 +157,18 @@ class HostState:
 class Scheduler:
     """The queue, the workers' credit, and every future between submit and its end."""
 
-    def __init__(self, settings: Settings, task_ids: Iterator[int], sink_address: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        task_ids: Iterator[int],
+        sink_address: str,
+        local_host: str | None = None,
+    ) -> None:
         self.settings = settings
+        #: the host id of the executor's own local worker processes (local mode)
+        self.local_host = local_host
+        #: how many of them are ready (read by cancel_queued() from the caller's thread)
+        self.local_ready = 0
         self.task_ids = task_ids
         self.sink_address = sink_address
         #: submitted and not sent; submit() appends from any thread (a deque's append,
@@ -231,14 +241,22 @@ class Scheduler:
     def cancel_queued(self) -> None:
         """shutdown(cancel_futures=True): cancel what no worker has been sent. Called from
         the caller's thread, so only atomic deque operations touch ``pending``; a task that
-        was sent once and came back unstarted has a running future and stays queued."""
+        was sent once and came back unstarted has a running future and stays queued.
+
+        Local worker processes that are still starting are promised their first task each,
+        as ProcessPoolExecutor keeps the tasks already in its call queue: shutting down
+        right after submitting still runs a few (CPython's test_cancel_futures)."""
+        promised = max(0, self.settings.local_workers - self.local_ready)
         kept: list[WorkItem] = []
         while True:
             try:
                 item = self.pending.popleft()
             except IndexError:
                 break  # the dispatcher took the last one
-            if item.sends or not item.future.cancel():
+            if item.sends or (promised and not item.future.cancelled()):
+                promised -= not item.sends
+                kept.append(item)
+            elif not item.future.cancel():
                 kept.append(item)
         self.pending.extendleft(reversed(kept))
 
@@ -265,6 +283,8 @@ class Scheduler:
         if w.ready or not w.alive:
             return  # a repeated READY
         w.ready = True
+        if w.host_id == self.local_host:
+            self.local_ready += 1
         self._ready[w.worker_id] = w
         self._ready_slots += w.slots
         if self._has_slot(w):
@@ -599,6 +619,8 @@ class Scheduler:
         self.workers.pop(w.worker_id, None)
         if self._ready.pop(w.worker_id, None) is not None:
             self._ready_slots -= w.slots
+            if w.host_id == self.local_host:
+                self.local_ready -= 1
         self._idle.pop(w.worker_id, None)
         w.ready = False
         host = self.hosts.get(w.host_id)

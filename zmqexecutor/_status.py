@@ -13,8 +13,11 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-#: started task id, finished task id, state, session, task timeout
-_STATUS = struct.Struct("<qqq8sd")
+#: started task id, finished task id, state, session, task timeout, and (written by the
+#: supervisor) whether a SIGTERM means "end now" rather than "drain"
+_STATUS = struct.Struct("<qqq8sdq")
+_END_NOW = struct.Struct("<q")
+_END_NOW_OFFSET = _STATUS.size - _END_NOW.size
 
 
 class State(enum.IntEnum):
@@ -30,7 +33,15 @@ class State(enum.IntEnum):
 def create(path: str, session: bytes) -> None:
     """Write a fresh status file for a worker process about to start."""
     with open(path, "wb") as f:
-        f.write(_STATUS.pack(0, 0, State.STARTING, session, 0.0))
+        f.write(_STATUS.pack(0, 0, State.STARTING, session, 0.0, 0))
+
+
+def request_end_now(path: str) -> None:
+    """Tell a worker process that its next SIGTERM ends it at once (terminate_workers()),
+    instead of letting its running task finish."""
+    with open(path, "r+b") as f:
+        f.seek(_END_NOW_OFFSET)
+        f.write(_END_NOW.pack(1))
 
 
 class StatusFile:
@@ -55,6 +66,10 @@ class StatusFile:
     def task_timeout(self, seconds: float) -> None:
         struct.pack_into("<d", self._map, 32, seconds)
 
+    def end_now(self) -> bool:
+        """Did the supervisor ask that SIGTERM end this process at once?"""
+        return bool(_END_NOW.unpack_from(self._map, _END_NOW_OFFSET)[0])
+
 
 @dataclass(frozen=True)
 class StatusReading:
@@ -72,5 +87,5 @@ class StatusReading:
 
 def read_status(path: str) -> StatusReading:
     with open(path, "rb") as f:
-        started, finished, state, session, timeout = _STATUS.unpack(f.read(_STATUS.size))
+        started, finished, state, session, timeout, _ = _STATUS.unpack(f.read(_STATUS.size))
         return StatusReading(started, finished, State(state), session, timeout)

@@ -58,7 +58,7 @@ from ._net import (
 )
 from ._protocol import Kind
 from ._security import Security
-from ._status import State, StatusReading, create, read_status
+from ._status import State, StatusReading, create, read_status, request_end_now
 
 log = logging.getLogger("zmqexecutor.worker")
 
@@ -138,6 +138,8 @@ class Supervisor:
         self.slots = [_Slot() for _ in range(processes)]
         self.stopping = False
         self._terminate_requested = False
+        #: terminate_workers() / kill_workers(): the signal that ends the children now
+        self._end_children: int | None = None
         self.host_id = uuid.uuid4().hex[:16]
         self._token = token
         self.security = Security(token)
@@ -179,6 +181,15 @@ class Supervisor:
         """SIGKILL every worker process (abort running tasks)."""
         self._signal_children(signal.SIGKILL)
 
+    def end_children(self, signum: int) -> None:
+        """Stop, and end every worker process now with ``signum`` (SIGTERM or SIGKILL),
+        running tasks included: ``ZmqExecutor.terminate_workers()`` / ``kill_workers()``.
+
+        Safe to call from another thread; the supervisor's own loop sends the signals.
+        """
+        self._end_children = signum
+        self.stop(terminate_children=True)
+
     # -- the loop --
 
     def serve(self) -> None:
@@ -204,7 +215,13 @@ class Supervisor:
                     self._spawn_due(poller)
                 elif stop_deadline is None:
                     stop_deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
-                    if self._terminate_requested:
+                    if self._end_children == signal.SIGTERM:
+                        for child in self._children():  # SIGTERM ends, not drains
+                            with contextlib.suppress(OSError):
+                                request_end_now(child.status_path)
+                    if self._end_children is not None:
+                        self._signal_children(self._end_children)
+                    elif self._terminate_requested:
                         self._signal_children(signal.SIGTERM)
                 if self.stopping and not self._children():
                     return

@@ -447,6 +447,9 @@ def child_main() -> None:
     worker = WorkerProcess(config)
 
     def drain(signum: int, frame: object) -> None:
+        if worker.status.end_now():  # terminate_workers(): end as SIGTERM does by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         worker.draining = True  # a running task finishes first; waits end at once
 
     signal.signal(signal.SIGTERM, drain)

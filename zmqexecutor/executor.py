@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -274,6 +275,7 @@ class ZmqExecutor(Executor):
                 in_executor=True,
             )
         self._address = sink_address
+        self._supervisor = supervisor
         self._supervisor_thread = (
             threading.Thread(target=supervisor.serve, name="zmqexecutor-supervisor", daemon=True)
             if supervisor
@@ -452,6 +454,25 @@ class ZmqExecutor(Executor):
         self._dispatcher.request_shutdown()
         if wait:
             self._dispatcher.join()
+
+    def terminate_workers(self) -> None:
+        """Like Python 3.14's ProcessPoolExecutor.terminate_workers(): shut down without
+        waiting, cancel what is queued, and end every worker process this executor started
+        with SIGTERM, running tasks included (their futures fail with BrokenZmqExecutor).
+        Remote worker hosts stay up: they end the processes that ran this executor's tasks
+        and wait for the next executor. The executor accepts no new work."""
+        self._force_shutdown(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """As terminate_workers(), with SIGKILL."""
+        self._force_shutdown(signal.SIGKILL)
+
+    def _force_shutdown(self, signum: int) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
+        how = "terminate_workers()" if signum == signal.SIGTERM else "kill_workers()"
+        self._dispatcher.request_break(f"{how} ended the worker processes")
+        if self._supervisor is not None:
+            self._supervisor.end_children(signum)
 
     def stats(self) -> ExecutorStats:
         """A snapshot: every worker (host, pid, slots, in flight, done, failed, heartbeat age),
