@@ -39,6 +39,7 @@ from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
 
 HB_INTERVAL = 0.2
 HB_TIMEOUT = 1.0
+NO_WORKER_TIMEOUT = 3.0
 DIGESTS = [bytes([i]) * 16 for i in range(3)]
 EXAMPLES = int(os.environ.get("ZMQEXECUTOR_SIM_EXAMPLES", "250"))
 
@@ -82,6 +83,8 @@ class SimHost:
     #: a new incarnation (after a death, or a freeze the executor may have taken for one)
     #: kills the old worker processes and registers under a new host id
     incarnation: int = 0
+    #: what it declares (--resources)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 class SchedulerSimulation(RuleBasedStateMachine):
@@ -104,17 +107,29 @@ class SchedulerSimulation(RuleBasedStateMachine):
         prefetch=st.sampled_from([None, None, 0, 2]),
         max_tasks=st.sampled_from([None, None, 1, 3]),
         hosts=st.integers(1, 3),
+        gpus=st.lists(st.sampled_from([0, 0, 1, 2]), min_size=3, max_size=3),
     )
-    def setup(self, max_retries: int, prefetch: int | None, max_tasks: int | None, hosts: int):
+    def setup(
+        self,
+        max_retries: int,
+        prefetch: int | None,
+        max_tasks: int | None,
+        hosts: int,
+        gpus: tuple[int, ...] = (0, 0, 0),
+    ) -> None:
         self.settings = Settings(
             prefetch=prefetch,
             max_tasks_per_child=max_tasks,
             max_retries=max_retries,
             heartbeat_interval=HB_INTERVAL,
             heartbeat_timeout=HB_TIMEOUT,
+            no_worker_timeout=NO_WORKER_TIMEOUT,
         )
         self.core = Scheduler(self.settings, self.ids, "ipc://sim")
-        self.hosts = [SimHost(f"host{i}-0", f"h{i}") for i in range(hosts)]
+        self.hosts = [
+            SimHost(f"host{i}-0", f"h{i}", resources={"GPU": gpus[i]} if gpus[i] else {})
+            for i in range(hosts)
+        ]
         for host in self.hosts:
             self.core.heartbeat(host.host_id, host.name, self.now)
         self.core.tick(self.now)  # the dispatcher's loop ticks from its first round
@@ -130,6 +145,12 @@ class SchedulerSimulation(RuleBasedStateMachine):
             assert w.alive and w.ready, f"sent tasks to {w.worker_id}, which is not ready"
             for item in items:
                 i = self.index[id(item)]
+                self.check_order(w, item)
+                if item.resources:
+                    declared = sim.host.resources
+                    assert all(v <= declared.get(k, 0) for k, v in item.resources.items()), (
+                        f"task {i} needs {item.resources}, sent to a host with {declared}"
+                    )
                 assert self.exec_count[i] <= self.settings.max_retries, (
                     f"task {i} ran {self.exec_count[i]} time(s) and is sent again "
                     f"(max_retries={self.settings.max_retries})"
@@ -162,13 +183,44 @@ class SchedulerSimulation(RuleBasedStateMachine):
 
     # -- the executor's events --------------------------------------------------------------
 
-    @rule(n=st.integers(1, 6), digest=st.sampled_from(DIGESTS))
-    def submit(self, n: int, digest: bytes) -> None:
+    def check_order(self, w: WorkerState, item: WorkItem) -> None:
+        """Higher priority first; FIFO within a priority (for tasks never sent before)."""
+        assert self.core is not None
+        lost_here = {w.worker_id, w.host_id}
+        for other in self.core.pending:
+            if other.resources is not None or other.future.cancelled():
+                continue
+            if (other.lost_on or set()) & lost_here:
+                continue
+            assert other.priority <= item.priority, (
+                f"task {self.index[id(item)]} (priority {item.priority}) was sent before "
+                f"task {self.index[id(other)]} (priority {other.priority})"
+            )
+            if item.sends == 1 and other.sends == 0 and other.priority == item.priority:
+                assert self.index[id(other)] > self.index[id(item)] or item.resources, (
+                    f"task {self.index[id(item)]} overtook task {self.index[id(other)]} "
+                    f"of the same priority"
+                )
+
+    @rule(
+        n=st.integers(1, 6),
+        digest=st.sampled_from(DIGESTS),
+        priority=st.sampled_from([0, 0, 0, 1, 2, -1]),
+        resources=st.sampled_from([None, None, None, {"GPU": 1}, {"GPU": 2}, {"TPU": 1}]),
+    )
+    def submit(
+        self,
+        n: int,
+        digest: bytes,
+        priority: int = 0,
+        resources: dict[str, float] | None = None,
+    ) -> None:
         assert self.core is not None
         if self.core.shutdown_requested:
             return  # the executor refuses new work after shutdown()
         for _ in range(n):
             item = WorkItem(Future(), next(self.ids), digest, b"fn", b"args", ())
+            item.priority, item.resources = priority, resources
             self.index[id(item)] = len(self.items)
             self.items.append(item)
             self.core.pending.append(item)
@@ -211,7 +263,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
         assert self.core is not None
         n = len(self.sim_workers)
         w = self.core.worker_joined(
-            f"w{n:015d}", host.host_id, host.name, 1000 + n, slots, self.now
+            f"w{n:015d}", host.host_id, host.name, 1000 + n, slots, self.now, host.resources
         )
         sim = SimWorker(w, host, self.settings.max_tasks_per_child)
         self.sim_workers.append(sim)
@@ -454,6 +506,29 @@ class SchedulerSimulation(RuleBasedStateMachine):
         assert all(n == 1 for n in self.ends.values())
 
     @invariant()
+    def resources_never_overcommitted(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        for host in core.hosts.values():
+            held: Counter[str] = Counter()
+            units: list[tuple[str, int]] = []
+            for sim in self.sim_workers:
+                if sim.state.host_id != host.host_id:
+                    continue
+                for item in sim.state.outstanding.values():
+                    if item.units is None:
+                        continue  # holds nothing (now)
+                    assert sim.state.alive, "a task of a gone worker still holds resources"
+                    for k, v in (item.resources or {}).items():
+                        held[k] += int(v)
+                    units += [(k, u) for k, us in item.units.items() for u in us]
+            for k, v in held.items():
+                assert v <= host.resources.get(k, 0), f"{host.name} holds {v} {k}"
+                assert abs(host.used.get(k, 0) - v) < 1e-9, f"{host.name} counts {k} wrong"
+            assert len(units) == len(set(units)), f"a unit of {host.name} is held twice"
+
+    @invariant()
     def no_lost_wakeup(self) -> None:
         core = self.core
         if core is None or not core.pending:
@@ -463,9 +538,12 @@ class SchedulerSimulation(RuleBasedStateMachine):
                 continue
             if w.remaining is not None and w.remaining <= 0:
                 continue
+            host = core.hosts.get(w.host_id)
             for item in core.pending:
                 if not item.sends and item.future.cancelled():
                     continue
+                if item.resources is not None and (host is None or not host.fits(item.resources)):
+                    continue  # it waits for resources, not for this worker
                 lost_on = item.lost_on or set()
                 assert w.worker_id in lost_on or w.host_id in lost_on, (
                     f"{w.worker_id} has a free slot while task {self.index[id(item)]} waits"
@@ -526,7 +604,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
                 if not any(s.alive and s.host is host and not s.stopping for s in self.sim_workers):
                     n = len(self.sim_workers)
                     w = core.worker_joined(
-                        f"w{n:015d}", host.host_id, host.name, 1000 + n, 1, self.now
+                        f"w{n:015d}", host.host_id, host.name, 1000 + n, 1, self.now, host.resources
                     )
                     self.sim_workers.append(SimWorker(w, host, self.settings.max_tasks_per_child))
                     core.worker_ready(w)
@@ -568,8 +646,9 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
         prefetch=rng.choice([None, None, 0, 2]),
         max_tasks=rng.choice([None, None, 1, 3]),
         hosts=rng.randint(1, 3),
+        gpus=tuple(rng.choice([0, 0, 1, 2]) for _ in range(3)),
     )
-    trace = [f"setup {sim.settings}"]
+    trace = [f"setup {sim.settings} {[h.resources for h in sim.hosts]}"]
 
     def some(predicate: Any) -> SimWorker | None:
         found = sim.eligible(predicate)
@@ -583,8 +662,10 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
         )[0]  # fmt: skip
         if kind == "submit":
             n = rng.randint(1, 6)
-            sim.submit(n=n, digest=rng.choice(DIGESTS))
-            return f"submit {n}"
+            priority = rng.choice([0, 0, 0, 0, 1, 2, -1])
+            resources = rng.choice([None, None, None, None, {"GPU": 1}, {"GPU": 2}, {"TPU": 1}])
+            sim.submit(n=n, digest=rng.choice(DIGESTS), priority=priority, resources=resources)
+            return f"submit {n} priority={priority} resources={resources}"
         if kind == "join":
             hosts = [h for h in sim.hosts if not h.frozen]
             if not hosts:
@@ -661,6 +742,7 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
         return f"{kind}: nothing"
 
     checks = [
+        sim.resources_never_overcommitted,
         sim.every_task_is_in_exactly_one_place,
         sim.owner_agrees_with_outstanding,
         sim.at_most_once,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: protocol version carried in every message header; bump on any incompatible change
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: a worker process may hold tasks beyond the one it runs (prefetch) only while they are
 #: known to be short: at most this many seconds of expected work queued per slot...

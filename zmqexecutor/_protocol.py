@@ -34,7 +34,10 @@ NO_SESSION = bytes(8)
 # TASKS index: count of callables and tasks, then one record per callable and per task.
 _TASKS_COUNTS = struct.Struct("<II")
 _FN_RECORD = struct.Struct("<16sI")  # digest, length in blob
-_TASK_RECORD = struct.Struct("<q16sIH")  # task id, callable digest, payload length, buffers
+# task id, callable digest, payload length, buffers, length of the task's extra JSON (the
+# resource units it holds; empty for almost every task)
+_TASK_RECORD = struct.Struct("<q16sIHH")
+_MAX_EXTRA = 2**16 - 1
 # RESULTS index: one record per result.
 _RESULT_RECORD = struct.Struct("<qBIHI")  # task id, status, payload length, buffers, run µs
 _MAX_MICROS = 2**32 - 1
@@ -95,6 +98,8 @@ class TaskRecord:
     digest: bytes
     payload: memoryview | bytes
     buffers: list[Any]
+    #: the resource units the task holds on its host, e.g. {"GPU": [1]} (empty: none)
+    resources: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -154,13 +159,14 @@ def parse_control(frames: Sequence[Any], n_frames: int = 2) -> dict[str, Any]:
 def encode_tasks(
     session: bytes,
     functions: Sequence[tuple[bytes, bytes]],
-    tasks: Sequence[tuple[int, bytes, bytes, Sequence[Any]]],
+    tasks: Sequence[tuple[Any, ...]],
 ) -> list[Any]:
     """Frames of one TASKS message.
 
     Args:
         functions: (digest, pickled callable) for callables the worker has not seen yet.
-        tasks: (task id, callable digest, pickled (args, kwargs), out-of-band buffers).
+        tasks: (task id, callable digest, pickled (args, kwargs), out-of-band buffers) and,
+            optionally, the resource units the task holds ({"GPU": [1]}).
     """
     parts = [
         header(Kind.TASKS, session, len(tasks)),
@@ -171,9 +177,13 @@ def encode_tasks(
     for digest, data in functions:
         parts.append(_FN_RECORD.pack(digest, len(data)))
         blob.append(data)
-    for task_id, digest, payload, bufs in tasks:
-        parts.append(_TASK_RECORD.pack(task_id, digest, len(payload), len(bufs)))
+    for task_id, digest, payload, bufs, *more in tasks:
+        extra = json.dumps(more[0], separators=(",", ":")).encode() if more and more[0] else b""
+        if len(extra) > _MAX_EXTRA:
+            raise ValueError(f"resource units of task {task_id} take {len(extra)} bytes")
+        parts.append(_TASK_RECORD.pack(task_id, digest, len(payload), len(bufs), len(extra)))
         blob.append(payload)
+        blob.append(extra)
         buffers.extend(bufs)
     parts.extend(blob)
     return [b"".join(parts), *buffers]
@@ -208,21 +218,37 @@ def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[T
     tasks: list[TaskRecord] = []
     frame_no = 1
     for _ in range(n_tasks):
-        task_id, digest, length, n_bufs = _TASK_RECORD.unpack_from(body, pos)
+        task_id, digest, length, n_bufs, n_extra = _TASK_RECORD.unpack_from(body, pos)
         pos += _TASK_RECORD.size
-        tasks.append(
-            TaskRecord(
-                task_id,
-                digest,
-                blob[offset : offset + length],
-                list(frames[frame_no : frame_no + n_bufs]),
-            )
+        record = TaskRecord(
+            task_id,
+            digest,
+            blob[offset : offset + length],
+            list(frames[frame_no : frame_no + n_bufs]),
         )
         offset += length
+        if n_extra:
+            record.resources = _parse_units(blob[offset : offset + n_extra])
+            offset += n_extra
+        tasks.append(record)
         frame_no += n_bufs
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("TASKS lengths do not match the frames")
     return functions, tasks
+
+
+def _parse_units(data: memoryview) -> dict[str, list[int]]:
+    """A task's resource units, checked: {name: [unit index, ...]}."""
+    try:
+        units = json.loads(bytes(data))
+    except ValueError:
+        raise ProtocolError("TASKS with a bad resource field") from None
+    if not isinstance(units, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(type(i) is int for i in v)
+        for k, v in units.items()
+    ):
+        raise ProtocolError("TASKS with a bad resource field")
+    return units
 
 
 # -- results -------------------------------------------------------------------------

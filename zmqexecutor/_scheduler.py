@@ -115,6 +115,12 @@ class WorkItem:
     #: workers (and hosts) it was lost on; a retry never goes back to them (None: none yet,
     #: so that a million queued tasks do not carry a million empty sets)
     lost_on: set[str] | None = None
+    #: higher is sent first (executor.options(priority=...)); FIFO within a priority
+    priority: int = 0
+    #: what it needs of its host while it runs, e.g. {"GPU": 1} (None: nothing)
+    resources: dict[str, float] | None = None
+    #: while it holds its resources: the whole units among them, e.g. {"GPU": [1]}
+    units: dict[str, list[int]] | None = None
 
 
 @dataclass(eq=False)
@@ -152,6 +158,109 @@ class HostState:
     name: str
     last_seen: float
     workers: set[str] = field(default_factory=set)
+    #: what it declared (--resources GPU=2), what its tasks hold now, and which whole units
+    #: are free (an integral amount is numbered 0..n-1, so a task can learn which it holds)
+    resources: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+    free_units: dict[str, list[int]] = field(default_factory=dict)
+
+    def declare(self, resources: dict[str, float]) -> None:
+        if resources == self.resources:
+            return
+        self.resources = dict(resources)
+        self.used = dict.fromkeys(resources, 0.0)
+        self.free_units = {k: list(range(int(v))) for k, v in resources.items() if v == int(v)}
+
+    def fits(self, request: dict[str, float]) -> bool:
+        """Could ``request`` run here now?"""
+        return all(
+            self.used.get(k, 0.0) + v <= self.resources.get(k, 0.0) for k, v in request.items()
+        )
+
+    def could_ever_fit(self, request: dict[str, float]) -> bool:
+        return all(v <= self.resources.get(k, 0.0) for k, v in request.items())
+
+    def acquire(self, request: dict[str, float]) -> dict[str, list[int]]:
+        units: dict[str, list[int]] = {}
+        for k, v in request.items():
+            self.used[k] = self.used.get(k, 0.0) + v
+            free = self.free_units.get(k)
+            if free is not None and v == int(v) and v > 0:
+                units[k], free[:] = free[: int(v)], free[int(v) :]
+        return units
+
+    def release(self, request: dict[str, float], units: dict[str, list[int]] | None) -> None:
+        for k, v in request.items():
+            self.used[k] = max(0.0, self.used.get(k, 0.0) - v)
+        for k, held in (units or {}).items():
+            if k in self.free_units:
+                self.free_units[k] = sorted(self.free_units[k] + held)
+
+
+class TaskQueue:
+    """The tasks waiting to be sent: by priority, higher first, FIFO within a priority.
+
+    ``append`` may be called from any thread (submit()); it and ``popleft``, ``appendleft``
+    and ``extendleft`` use only operations that are atomic under the GIL. With one priority
+    (the common case) it costs what one deque costs.
+    """
+
+    def __init__(self) -> None:
+        self._default: deque[WorkItem] = deque()
+        self._levels: dict[int, deque[WorkItem]] = {0: self._default}
+        #: the priorities, highest first (replaced whole, never changed in place)
+        self._order: list[deque[WorkItem]] = [self._default]
+        #: set once a task with a priority or resources was queued
+        self.mixed = False
+
+    def _level(self, priority: int) -> deque[WorkItem]:
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels.setdefault(priority, deque())
+            self._order = [self._levels[p] for p in sorted(list(self._levels), reverse=True)]
+        return level
+
+    def append(self, item: WorkItem) -> None:
+        if item.priority == 0 and item.resources is None:
+            self._default.append(item)
+            return
+        self.mixed = True
+        self._level(item.priority).append(item)
+
+    def appendleft(self, item: WorkItem) -> None:
+        self._level(item.priority).appendleft(item)
+
+    def extendleft(self, items: Iterable[WorkItem]) -> None:
+        """Like deque.extendleft: the last item given ends up first."""
+        for item in items:
+            self.appendleft(item)
+
+    def popleft(self) -> WorkItem:
+        for level in self._order:
+            if level:
+                return level.popleft()
+        raise IndexError("pop from an empty TaskQueue")
+
+    def __len__(self) -> int:
+        if len(self._order) == 1:
+            return len(self._default)
+        return sum(len(level) for level in self._order)
+
+    def __bool__(self) -> bool:
+        return any(self._order) if len(self._order) > 1 else bool(self._default)
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        return itertools.chain.from_iterable(list(self._order))
+
+    def by_priority(self) -> dict[int, int]:
+        """How many tasks wait at each priority."""
+        return {p: len(q) for p, q in sorted(list(self._levels.items()), reverse=True) if q}
+
+
+def _load(w: WorkerState) -> tuple[float, float, int, str]:
+    """How loaded a worker is (the least loaded gets the next task); ties by work queued,
+    then by tasks ever sent, so that work spreads."""
+    return (len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
 
 
 class Scheduler:
@@ -173,7 +282,7 @@ class Scheduler:
         self.sink_address = sink_address
         #: submitted and not sent; submit() appends from any thread (a deque's append,
         #: popleft and appendleft are atomic), everything else happens on one thread
-        self.pending: deque[WorkItem] = deque()
+        self.pending = TaskQueue()
         self.workers: dict[str, WorkerState] = {}
         self.hosts: dict[str, HostState] = {}
         #: which worker holds each task that was sent and not answered
@@ -193,6 +302,10 @@ class Scheduler:
         #: hosts declared lost (bounded): a late heartbeat of one must not revive it
         self._lost_hosts: OrderedDict[str, bool] = OrderedDict()
         self._last_tick: float | None = None
+        #: resource requests no connected host declares: tasks seen waiting for each in the
+        #: last dispatch, and since when each has waited (warned once; no_worker_timeout)
+        self._unsatisfiable_seen: dict[tuple[tuple[str, float], ...], int] = {}
+        self._unsatisfiable_since: dict[tuple[tuple[str, float], ...], float] = {}
         #: since when tasks wait with no ready worker, and when that was last logged
         self._waiting_since: float | None = None
         self._warned_at: float | None = None
@@ -263,9 +376,17 @@ class Scheduler:
     # -- events from workers ------------------------------------------------------------------
 
     def worker_joined(
-        self, worker_id: str, host_id: str, host: str, pid: int, slots: int, now: float
+        self,
+        worker_id: str,
+        host_id: str,
+        host: str,
+        pid: int,
+        slots: int,
+        now: float,
+        resources: dict[str, float] | None = None,
     ) -> WorkerState:
-        """A worker process registered (HELLO); it gets tasks once it is ready."""
+        """A worker process registered (HELLO, with what its host declares); it gets tasks
+        once it is ready."""
         w = WorkerState(
             worker_id=worker_id,
             host=host,
@@ -275,7 +396,10 @@ class Scheduler:
             remaining=self.settings.max_tasks_per_child,
         )
         self.workers[worker_id] = w
-        self._host(host_id, host, now).workers.add(worker_id)
+        record = self._host(host_id, host, now)
+        record.workers.add(worker_id)
+        if resources is not None:
+            record.declare(resources)
         return w
 
     def worker_ready(self, w: WorkerState) -> None:
@@ -430,7 +554,51 @@ class Scheduler:
                     )
         self._check_hosts(now)
         self._check_no_workers(now)
+        self._check_unsatisfiable(now)
         self._fail_queue_if_broken()
+
+    def _check_unsatisfiable(self, now: float) -> None:
+        """Tasks whose request no connected host declares wait, as tasks wait for a worker:
+        warned once per request, failed after no_worker_timeout (during shutdown after
+        heartbeat_timeout at most)."""
+        seen, self._unsatisfiable_seen = self._unsatisfiable_seen, {}
+        for key in list(self._unsatisfiable_since):
+            if key not in seen:
+                del self._unsatisfiable_since[key]  # a host declares it now, or none wait
+        limit = self.settings.no_worker_timeout
+        if self.shutdown_requested:
+            limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
+        for key, count in seen.items():
+            since = self._unsatisfiable_since.setdefault(key, now)
+            if since == now:
+                log.warning(
+                    "%d task(s) wait for %s, which no connected host declares (start a host "
+                    "with: zmqexecutor-worker %s --resources %s)",
+                    count,
+                    dict(key),
+                    self.sink_address,
+                    ",".join(f"{k}={v:g}" for k, v in key),
+                )
+            if limit is not None and now - since > limit:
+                self._fail_unsatisfiable(key, limit)
+                del self._unsatisfiable_since[key]
+
+    def _fail_unsatisfiable(self, key: tuple[tuple[str, float], ...], limit: float) -> None:
+        request = dict(key)
+        kept: list[WorkItem] = []
+        while self.pending:
+            item = self.pending.popleft()
+            if item.resources == request:
+                self._fail(
+                    item,
+                    NoWorkersError(
+                        f"no connected host declared {request} for {limit:g}s "
+                        "(no_worker_timeout); start a host with --resources"
+                    ),
+                )
+            else:
+                kept.append(item)
+        self.pending.extendleft(reversed(kept))
 
     def _check_hosts(self, now: float) -> None:
         """A host silent for heartbeat_timeout is lost with every worker it had."""
@@ -516,23 +684,36 @@ class Scheduler:
         batches: dict[str, tuple[WorkerState, list[WorkItem]]],
     ) -> bool:
         """Dispatch to ``candidates``, least loaded first, while they accept (prefetch only
-        with a ``backlog``); True if a task was put back because it was lost there."""
-        heap = [(len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
-                for w in candidates if w.remaining is None or w.remaining > 0]  # fmt: skip
+        with a ``backlog``); True if a task was put back because it was lost there or
+        because no worker can hold what it needs now."""
+        workers = [w for w in candidates if w.remaining is None or w.remaining > 0]
+        heap = [_load(w) for w in workers]
         heapq.heapify(heap)
         deferred: list[WorkItem] = []
         while heap and self.pending:
             worker_id = heap[0][3]
             w = self.workers[worker_id]
+            if heap[0] != _load(w):  # stale: w took a task with resources meanwhile
+                heapq.heapreplace(heap, _load(w))
+                continue
             item = self.pending.popleft()
-            if not self._accepts(w, item, now, backlog):
+            if item.resources is not None:
+                target = self._place(item, workers, batches)
+                if target is None:
+                    deferred.append(item)  # nowhere fits now; others may still go
+                    continue
+                w = target
+            elif not self._accepts(w, item, now, backlog):
                 self.pending.appendleft(item)  # the least loaded worker is full: all are
                 break
-            if item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
+            elif item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
                 deferred.append(item)  # a retry never goes back where it was lost
                 continue
             if not item.sends and not item.future.set_running_or_notify_cancel():
                 continue  # cancelled while queued
+            if item.resources is not None:
+                item.units = self.hosts[w.host_id].acquire(item.resources)
+            worker_id = w.worker_id
             item.estimate = self.durations.get(item.digest)
             item.sent_at = now
             self._hold(w, item)
@@ -546,23 +727,59 @@ class Scheduler:
                 self._idle.pop(worker_id, None)
             batch = batches.setdefault(worker_id, (w, []))[1]
             batch.append(item)
-            if len(batch) >= DEFAULT_MAX_BATCH:
+            if heap[0][3] != worker_id:
+                heapq.heappush(heap, _load(w))  # its old entry is stale now
+            elif len(batch) >= DEFAULT_MAX_BATCH:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (len(w.outstanding) / w.slots, w.queued, w.sent, worker_id))
+                heapq.heapreplace(heap, _load(w))
         self.pending.extendleft(reversed(deferred))
         return bool(deferred)
+
+    def _place(
+        self,
+        item: WorkItem,
+        workers: list[WorkerState],
+        batches: dict[str, tuple[WorkerState, list[WorkItem]]],
+    ) -> WorkerState | None:
+        """The least loaded worker with a free slot (never prefetch: a task holds its
+        resources from the moment it is sent) on a host where ``item``'s resources are free
+        now; None if there is none, noting a request that no host could ever satisfy."""
+        assert item.resources is not None
+        best: WorkerState | None = None
+        possible = False
+        for w in workers:
+            host = self.hosts.get(w.host_id)
+            if host is None or not host.could_ever_fit(item.resources):
+                continue
+            possible = True
+            if not self._has_slot(w) or not host.fits(item.resources):
+                continue
+            if item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
+                continue
+            if len(batches.get(w.worker_id, (w, ()))[1]) >= DEFAULT_MAX_BATCH:
+                continue
+            if best is None or _load(w) < _load(best):
+                best = w
+        if not possible:
+            key = tuple(sorted(item.resources.items()))
+            self._unsatisfiable_seen[key] = self._unsatisfiable_seen.get(key, 0) + 1
+        return best
 
     def _accepts(self, w: WorkerState, item: WorkItem, now: float, backlog: bool) -> bool:
         """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
         while many tasks wait (``backlog``) and only tasks known to be short, up to
         PREFETCH_BUDGET seconds of queued work, so that batching pays for small tasks and a
-        prefetched task never waits long behind another while a worker is idle."""
+        prefetched task never waits long behind another while a worker is idle. Once
+        priorities or resources are in use, nothing is prefetched: a task queued on a
+        worker could not be taken back for a higher priority one."""
         held = len(w.outstanding)
         if w.remaining is not None and w.remaining <= 0:
             return False
         if held < w.slots:
             return True
+        if self.pending.mixed:
+            return False
         if self.settings.prefetch is not None:
             return held < w.slots + self.settings.prefetch
         estimate = self.durations.get(item.digest)
@@ -601,6 +818,7 @@ class Scheduler:
             return None
         if self.owner.get(task_id) is w:
             del self.owner[task_id]
+        self._release(w, item)
         if item.estimate is None:
             w.unknown -= 1
         elif w.outstanding:
@@ -611,10 +829,22 @@ class Scheduler:
             self._idle[w.worker_id] = w
         return item
 
+    def _release(self, w: WorkerState, item: WorkItem) -> None:
+        """``item`` no longer holds resources on ``w``'s host."""
+        if item.resources is not None and item.units is not None:
+            host = self.hosts.get(w.host_id)
+            if host is not None:
+                host.release(item.resources, item.units)
+            item.units = None
+
     def _remove(self, w: WorkerState) -> None:
-        """``w`` is gone: it gets no task any more and its link is closed."""
+        """``w`` is gone: it gets no task any more and its link is closed. Its process is
+        gone too, so whatever its tasks held on the host is free again (the tasks
+        themselves may stay held a while for their results: see worker_died)."""
         if not w.alive:
             return
+        for item in w.outstanding.values():
+            self._release(w, item)
         w.alive = False
         self.workers.pop(w.worker_id, None)
         if self._ready.pop(w.worker_id, None) is not None:
