@@ -299,7 +299,10 @@ class Dispatcher(threading.Thread):
 
     def _on_versions(self, w: WorkerState, body: dict[str, Any]) -> None:
         """A worker process's answer: the first one from each host counts."""
-        request = self._versions_asked.get(body.get("request"))  # type: ignore[arg-type]
+        request_id = body.get("request")
+        if not isinstance(request_id, int):
+            raise proto.ProtocolError("VERSIONS without a request id")
+        request = self._versions_asked.get(request_id)
         if request is None or w.host_id not in request.waiting:
             return  # late (past the deadline), or another process of its host was first
         request.answers[w.host_id] = proto.parse_versions_reply(body, request.packages)
@@ -344,16 +347,17 @@ class Dispatcher(threading.Thread):
         theirs = self.host_versions[w.host_id] = proto.parse_host_versions(hello)
         ours = proto.host_versions()
         differ = [
-            f"{name} {theirs[name]} (this executor: {ours[name]})"
-            for name in ("zmqexecutor", "python")
+            (label, theirs[name], ours[name])
+            for name, label in (("zmqexecutor", "zmqexecutor"), ("python", "Python"))
             if theirs[name] is not None and theirs[name] != ours[name]
         ]
         if differ:
             log.warning(
-                "worker host %s runs %s: install the same versions on every host to rule "
-                "out subtle differences; executor.versions() lists them all",
+                "worker host %s runs %s, this executor %s: install the same versions on "
+                "every host to rule out subtle differences (executor.versions() lists them)",
                 w.host,
-                " and ".join(differ),
+                " and ".join(f"{label} {v}" for label, v, _ in differ),
+                " and ".join(f"{label} {v}" for label, _, v in differ),
             )
 
     # -- carrying out the core's decisions ---------------------------------------------------

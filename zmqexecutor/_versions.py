@@ -2,10 +2,23 @@
 package lookups both sides make to fill it.
 
 Every host tells its base versions (Python, zmqexecutor, cloudpickle, pyzmq, libzmq) when
-its worker processes register (HELLO). Other packages are looked up on demand, by name, in
-an idle worker process of each host (``_dispatcher.py`` asks, ``_worker_process.py``
-answers): only their installed metadata is read (``importlib.metadata``), nothing is
-imported, and the names are checked here on both sides before anyone acts on them.
+its worker processes register (HELLO). Other packages are looked up on demand, by name::
+
+    versions() --request--> dispatcher --ASK_VERSIONS--> inbox of one idle worker process
+    (caller's thread)       thread     <--VERSIONS------ (per host; all of them if none is idle)
+
+Only their installed metadata is read (``importlib.metadata``), nothing is imported or
+unpickled (both messages are JSON), and the names are checked here on both sides: at most
+``MAX_VERSION_PACKAGES`` distribution names. The caller waits ``timeout`` at most; a host
+that has not answered by then is reported so, and its late answer is dropped.
+
+Why a worker process answers, not the host's supervisor: in mode 2 the supervisor only
+connects a PUSH socket to the executor's sink; it has nothing the executor could send a
+question to (a new listening port per host would cost a firewall rule), while every worker
+process has its inbox. A worker process also runs the interpreter and ``sys.path`` that the
+tasks see. The limit: a process reads its inbox only between tasks (and after the tasks it
+already holds), so a host whose every process runs a long task cannot answer in time; its
+base versions, known since it joined, are still listed.
 
 As dask's ``Client.get_versions(check=True)`` does, a version is compared with the client's
 (the process that runs the executor) as a string: any difference is a mismatch, "not

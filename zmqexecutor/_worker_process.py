@@ -304,7 +304,8 @@ class WorkerProcess:
         process answers when its tasks are done, see ``ZmqExecutor.versions``)."""
         request, names = proto.parse_ask_versions(frames)
         reply = proto.versions_reply(self.session, self.worker_id, request, package_versions(names))
-        self.sink.send_multipart(reply)
+        with contextlib.suppress(zmq.Again):  # no executor to hear it: nobody waits for it
+            self.sink.send_multipart(reply, zmq.NOBLOCK)
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
