@@ -1,6 +1,7 @@
 """zmqexecutor: a concurrent.futures.Executor whose workers run on many machines, over ZeroMQ."""
 
 from ._stats import ExecutorStats, WorkerStats
+from ._versions import HostVersions, Versions
 from .errors import (
     BrokenZmqExecutor,
     ConfigurationError,
@@ -25,6 +26,7 @@ __all__ = [
     "BrokenZmqExecutor",
     "ConfigurationError",
     "ExecutorStats",
+    "HostVersions",
     "NoWorkersError",
     "RemoteError",
     "RemoteTraceback",
@@ -34,6 +36,7 @@ __all__ = [
     "TaskSerializationError",
     "TaskTimeoutError",
     "TaskTooLargeError",
+    "Versions",
     "WorkerLostError",
     "WorkerStats",
     "ZmqExecutor",

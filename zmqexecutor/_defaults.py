@@ -46,6 +46,13 @@ TICK = 0.5
 #: how long to wait before warning that tasks are queued but no worker is connected (seconds)
 NO_WORKER_WARNING = 10.0
 
+#: how long ZmqExecutor.versions() waits for each host to name its package versions (seconds)
+DEFAULT_VERSIONS_TIMEOUT = 5.0
+#: most package names one versions() call may ask about, and the longest name: the question
+#: is answered by a worker process between tasks, so it must stay small
+MAX_VERSION_PACKAGES = 100
+MAX_PACKAGE_NAME_LENGTH = 128
+
 ENV_LOG_LEVEL = "ZMQEXECUTOR_LOG_LEVEL"
 ENV_TOKEN = "ZMQEXECUTOR_TOKEN"
 ENV_TOKEN_FILE = "ZMQEXECUTOR_TOKEN_FILE"

@@ -19,6 +19,7 @@ Every scheduling decision is the core's; this module makes none.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,6 +42,7 @@ from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from ._security import Security
 from ._serialize import load_result
 from ._stats import ExecutorStats, WorkerStats
+from ._versions import Versions, host_entry
 from ._worker_process import FN_SLOTS
 
 if TYPE_CHECKING:
@@ -51,6 +53,25 @@ __all__ = ["Dispatcher", "Settings", "WorkItem", "pickle_initializer"]
 _POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
 log = logging.getLogger("zmqexecutor.dispatcher")
+
+
+@dataclass(eq=False)
+class VersionsRequest:
+    """One ``versions()`` call, from the caller's thread to this one and back."""
+
+    packages: tuple[str, ...]
+    timeout: float
+    #: the client's versions, looked up in the caller's thread
+    client: dict[str, str]
+    future: Future[Versions] = field(default_factory=Future)
+    #: when the caller stops waiting (monotonic; set by the caller, as its wait starts)
+    deadline: float = 0.0
+    request_id: int = 0
+    #: the hosts it covers (host id -> name) and, of those asked, the ones that have not
+    #: answered (host id -> why they may not)
+    hosts: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
+    answers: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -110,6 +131,12 @@ class Dispatcher(threading.Thread):
         self.bytes_received = 0
         self._stats_requests: deque[Future[ExecutorStats]] = deque()
         self._break_requested: str | None = None
+        #: versions() calls handed over, and those asked and waiting for answers (by id)
+        self._versions_requests: deque[VersionsRequest] = deque()
+        self._versions_asked: dict[int, VersionsRequest] = {}
+        self._versions_ids = itertools.count(1)
+        #: the base versions each live host told in its first HELLO (by host id)
+        self.host_versions: dict[str, dict[str, str | None]] = {}
 
     # -- called from other threads ----------------------------------------------------
 
@@ -145,6 +172,7 @@ class Dispatcher(threading.Thread):
                 self._dispatch()  # first: a woken loop sends a new task before anything else
                 self._housekeeping()
                 self._answer_stats_requests()
+                self._answer_versions_requests()
                 self.idle = core.has_room() and not core.pending
                 if core.pending and self.idle:  # raced with a submit(): go round again
                     self.idle = False
@@ -166,6 +194,7 @@ class Dispatcher(threading.Thread):
             self._resolve()
             self._close()
             self._answer_stats_requests()
+            self._answer_versions_requests(final=True)
 
     def _timeout(self) -> int:
         tick = min(TICK, self.settings.heartbeat_interval)
@@ -221,6 +250,123 @@ class Dispatcher(threading.Thread):
             protocol_errors=self.protocol_errors,
             discarded_results=core.discarded_results,
         )
+
+    # -- versions (asked from other threads, answered by this one) -------------------------
+
+    def versions(self, request: VersionsRequest) -> Versions:
+        """Ask every host about ``request.packages``; wait ``request.timeout`` at most
+        for their answers (see ``ZmqExecutor.versions``)."""
+        self._versions_requests.append(request)
+        self.wake()
+        if not self.is_alive():  # exited: nobody else will answer it
+            self._answer_versions_requests(final=True)
+        wait([request.future], request.timeout)
+        if not request.future.done():
+            self.wake()  # its deadline has passed: the loop sees that as it wakes
+            wait([request.future], 2 * TICK)
+        if not request.future.done() and not self.is_alive():
+            self._answer_versions_requests(final=True)
+        return request.future.result(0)  # TimeoutError only if this thread is stuck
+
+    def _answer_versions_requests(self, final: bool = False) -> None:
+        """Ask about the new requests; answer those complete, past their deadline, or all
+        of them (``final``: this thread is exiting)."""
+        while self._versions_requests:
+            self._ask_versions(self._versions_requests.popleft(), final)
+        if not self._versions_asked:
+            return
+        now = time.monotonic()
+        for request in list(self._versions_asked.values()):
+            if final or not request.waiting or now >= request.deadline:
+                self._finish_versions(request, final)
+
+    def _ask_versions(self, request: VersionsRequest, final: bool) -> None:
+        """Send the question to one idle worker process of each host, or, on a host with
+        none idle, to all of them: the first to finish its tasks answers."""
+        core = self.core
+        request.request_id = next(self._versions_ids)
+        question = proto.ask_versions(self.session, request.request_id, request.packages)
+        for host in list(core.hosts.values()):
+            workers = [w for w in map(core.workers.get, host.workers) if w is not None]
+            if not workers:
+                continue  # no registered worker process: nothing it says can be checked
+            request.hosts[host.host_id] = host.name
+            if not request.packages or final:
+                continue  # the base versions came with HELLO
+            idle = [w for w in workers if w.ready and not w.outstanding]
+            for w in idle[:1] or workers:
+                link = self.links.get(w.worker_id)
+                if link is None:
+                    continue
+                with contextlib.suppress(zmq.ZMQError):
+                    link.push.send_multipart(question, zmq.NOBLOCK)
+                    request.waiting[host.host_id] = (
+                        "" if idle else ": every worker process was running a task"
+                    )
+        self._versions_asked[request.request_id] = request
+
+    def _on_versions(self, w: WorkerState, body: dict[str, Any]) -> None:
+        """A worker process's answer: the first one from each host counts."""
+        request_id = body.get("request")
+        if not isinstance(request_id, int):
+            raise proto.ProtocolError("VERSIONS without a request id")
+        request = self._versions_asked.get(request_id)
+        if request is None or w.host_id not in request.waiting:
+            return  # late (past the deadline), or another process of its host was first
+        request.answers[w.host_id] = proto.parse_versions_reply(body, request.packages)
+        del request.waiting[w.host_id]
+        if not request.waiting:
+            self._finish_versions(request)
+
+    def _finish_versions(self, request: VersionsRequest, final: bool = False) -> None:
+        self._versions_asked.pop(request.request_id, None)
+        hosts = []
+        for host_id, name in request.hosts.items():
+            answer = request.answers.get(host_id)
+            note = ""
+            if request.packages and answer is None:
+                if final:
+                    note = "the executor shut down before the host answered"
+                elif host_id not in self.core.hosts:
+                    note = "the host was lost before it answered"
+                elif host_id not in request.waiting:
+                    note = "no worker process of the host could be asked"
+                else:
+                    note = (
+                        f"did not answer within {request.timeout:g}s"
+                        f"{request.waiting[host_id]}; a worker process answers between "
+                        "tasks (the other versions are from its registration)"
+                    )
+            base = self.host_versions.get(host_id, {})
+            hosts.append(
+                host_entry(name, host_id, base, answer, request.packages, request.client, note)
+            )
+        result = Versions(request.client, hosts, request.packages)
+        with contextlib.suppress(InvalidStateError):  # answered by a caller meanwhile
+            request.future.set_result(result)
+
+    def _note_versions(self, w: WorkerState, hello: dict[str, Any]) -> None:
+        """Keep the base versions a host's first HELLO tells; warn, once per host, when its
+        zmqexecutor or Python version differs from ours (pickles may still work)."""
+        if w.host_id in self.host_versions:
+            return
+        for gone in [h for h in self.host_versions if h not in self.core.hosts]:
+            del self.host_versions[gone]  # bounded by the live hosts
+        theirs = self.host_versions[w.host_id] = proto.parse_host_versions(hello)
+        ours = proto.host_versions()
+        differ = [
+            (label, theirs[name], ours[name])
+            for name, label in (("zmqexecutor", "zmqexecutor"), ("python", "Python"))
+            if theirs[name] is not None and theirs[name] != ours[name]
+        ]
+        if differ:
+            log.warning(
+                "worker host %s runs %s, this executor %s: install the same versions on "
+                "every host to rule out subtle differences (executor.versions() lists them)",
+                w.host,
+                " and ".join(f"{label} {v}" for label, v, _ in differ),
+                " and ".join(f"{label} {v}" for label, _, v in differ),
+            )
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
@@ -360,6 +506,8 @@ class Dispatcher(threading.Thread):
             core.worker_init_failed(w, str(body.get("error")), str(body.get("traceback", "")))
         elif kind is Kind.BYE:
             core.worker_left(w, body.get("done"))
+        elif kind is Kind.VERSIONS:
+            self._on_versions(w, body)
         elif kind is Kind.DIED:
             core.worker_died(
                 w,
@@ -410,6 +558,7 @@ class Dispatcher(threading.Thread):
             time.monotonic(),
         )
         self.links[worker_id] = Link(push)
+        self._note_versions(w, body)
         push.send_multipart(
             [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]
         )

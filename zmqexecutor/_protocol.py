@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import platform
 import struct
 import sys
 from collections.abc import Sequence
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+import zmq
 
 from ._defaults import PROTOCOL_VERSION
+from ._versions import BASE, check_package_names, clean_version
 
 MAGIC = b"ZMQX"
 HEADER = struct.Struct("<4sBBH8sI")
@@ -60,12 +63,14 @@ class Kind(enum.IntEnum):
     BYE = 5
     DIED = 6
     HEARTBEAT = 7
+    VERSIONS = 8  #: a worker process's answer to ASK_VERSIONS
     # executor -> worker (an inbox) or worker host (its rendezvous socket)
     WELCOME = 16
     TASKS = 17
     DETACH = 18
     ATTACH = 19
     REFUSE = 20  #: registration refused (versions); kept stable across protocol versions
+    ASK_VERSIONS = 21  #: which versions of these packages does your host have?
 
 
 class Status(enum.IntEnum):
@@ -327,3 +332,67 @@ def version_mismatch(hello: dict[str, Any]) -> str | None:
                 f"need the same {what} on both sides"
             )
     return None
+
+
+def python_full_version() -> str:
+    """The Python version with its patch level, e.g. 3.11.7."""
+    return platform.python_version()
+
+
+def zmqexecutor_version() -> str:
+    from . import __version__  # at call time: the package has finished importing by then
+
+    return __version__
+
+
+def host_versions() -> dict[str, str]:
+    """The versions a worker process tells in its HELLO (``_versions.BASE``)."""
+    return {
+        "python": python_full_version(),
+        "zmqexecutor": zmqexecutor_version(),
+        "cloudpickle": str(cloudpickle.__version__),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+    }
+
+
+def parse_host_versions(hello: dict[str, Any]) -> dict[str, str | None]:
+    """The base versions a HELLO tells (None for those it does not: an older worker)."""
+    versions = hello.get("versions")
+    if not isinstance(versions, dict):
+        versions = {}
+    return {name: clean_version(versions.get(name)) for name in BASE}
+
+
+# -- the package-version question (JSON both ways; answered between tasks) -------------------
+
+
+def ask_versions(session: bytes, request: int, packages: Sequence[str]) -> list[bytes]:
+    return control(Kind.ASK_VERSIONS, {"request": request, "packages": list(packages)}, session)
+
+
+def parse_ask_versions(frames: Sequence[Any]) -> tuple[int, tuple[str, ...]]:
+    """(request id, package names) of an ASK_VERSIONS, the names checked as at the call."""
+    body = parse_control(frames)
+    request, packages = body.get("request"), body.get("packages")
+    if not isinstance(request, int) or not isinstance(packages, list):
+        raise ProtocolError("ASK_VERSIONS without a request id or a list of packages")
+    try:
+        return request, check_package_names(packages)
+    except ValueError as e:
+        raise ProtocolError(f"ASK_VERSIONS with bad package names: {e}") from None
+
+
+def versions_reply(
+    session: bytes, worker_id: str, request: int, versions: dict[str, str]
+) -> list[bytes]:
+    body = {"id": worker_id, "request": request, "versions": versions}
+    return control(Kind.VERSIONS, body, session)
+
+
+def parse_versions_reply(body: dict[str, Any], asked: Sequence[str]) -> dict[str, str | None]:
+    """The versions a VERSIONS body names for the packages ``asked`` (and no others)."""
+    versions = body.get("versions")
+    if not isinstance(versions, dict):
+        raise ProtocolError("VERSIONS without versions")
+    return {name: clean_version(versions.get(name)) for name in asked}

@@ -47,6 +47,7 @@ from ._protocol import Kind, ResultRecord
 from ._security import Security
 from ._serialize import error_result, exception_result, load_args, loads, value_result
 from ._status import State, StatusFile
+from ._versions import package_versions
 from .errors import ResultTooLargeError, TaskDeserializationError
 
 log = logging.getLogger("zmqexecutor.worker")
@@ -205,6 +206,7 @@ class WorkerProcess:
                 "slots": 1,
                 "python": proto.python_version(),
                 "cloudpickle": proto.cloudpickle_major(),
+                "versions": proto.host_versions(),
             },
         )
         while not self.draining:
@@ -282,6 +284,9 @@ class WorkerProcess:
                 if kind is Kind.DETACH:
                     self.sink.linger = 0  # the executor has every result already, and leaves
                     return
+                if kind is Kind.ASK_VERSIONS:
+                    self._answer_versions(frames)
+                    continue
                 if kind is not Kind.TASKS:
                     raise proto.ProtocolError(f"unexpected {kind.name}")
                 functions, tasks = proto.decode_tasks(frames)
@@ -293,6 +298,14 @@ class WorkerProcess:
         # SIGTERM while idle: nothing runs, so leave at once
         self.sink.linger = 200  # BYE is a courtesy: never wait long for a gone executor
         self._say_bye()
+
+    def _answer_versions(self, frames: list[Any]) -> None:
+        """Name the installed versions of the packages asked about (between tasks: a busy
+        process answers when its tasks are done, see ``ZmqExecutor.versions``)."""
+        request, names = proto.parse_ask_versions(frames)
+        reply = proto.versions_reply(self.session, self.worker_id, request, package_versions(names))
+        with contextlib.suppress(zmq.Again):  # no executor to hear it: nobody waits for it
+            self.sink.send_multipart(reply, zmq.NOBLOCK)
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""

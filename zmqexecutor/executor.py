@@ -29,9 +29,10 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_VERSIONS_TIMEOUT,
     MAX_SOCKETS,
 )
-from ._dispatcher import Dispatcher, pickle_initializer
+from ._dispatcher import Dispatcher, VersionsRequest, pickle_initializer
 from ._future import LazyFuture
 from ._net import (
     bound_endpoint,
@@ -46,6 +47,7 @@ from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
 from ._supervisor import Supervisor
+from ._versions import Versions, check_package_names, package_versions
 from .errors import (
     BrokenZmqExecutor,
     ConfigurationError,
@@ -479,6 +481,42 @@ class ZmqExecutor(Executor):
         tasks pending/running/done/failed, and bytes sent and received.
         ``print(executor.stats())`` shows it as a table."""
         return self._dispatcher.stats()
+
+    def versions(
+        self, packages: Iterable[str] = (), *, timeout: float = DEFAULT_VERSIONS_TIMEOUT
+    ) -> Versions:
+        """The versions each worker host runs, compared with this process's.
+
+        Per host: Python (e.g. 3.11.7), zmqexecutor, cloudpickle, pyzmq and libzmq, which
+        every host tells when it joins, plus the installed version of each package named
+        in ``packages`` (read from its metadata, never imported; ``"not installed"`` when
+        absent), which one idle worker process of each host looks up when asked. A worker
+        process answers between tasks: a host whose every worker process runs a long task
+        cannot answer in time and is reported so (its ``answered`` is False, its ``note``
+        says why); this call never waits longer than ``timeout`` for it.
+        ``print(executor.versions(["numpy"]))`` shows a table marking with ``*`` every
+        version that differs from this process's.
+
+        Args:
+            packages: distribution names as pip knows them (``["numpy", "pandas"]``), at
+                most 100.
+            timeout: seconds to wait for the hosts to name the packages' versions.
+
+        Returns:
+            A Versions: ``.client``, ``.hosts`` (HostVersions, with ``.mismatches``) and
+            ``.mismatched`` (the hosts with a version that differs).
+
+        Raises:
+            ValueError: ``packages`` is not a list of distribution names, or names too many.
+            TimeoutError: the executor's dispatcher thread did not answer at all
+                (``concurrent.futures.TimeoutError`` before Python 3.11).
+        """
+        names = check_package_names(packages)
+        if timeout < 0:
+            raise ValueError(f"timeout={timeout!r} must not be negative")
+        client = {**proto.host_versions(), **package_versions(names)}
+        request = VersionsRequest(names, timeout, client, deadline=time.monotonic() + timeout)
+        return self._dispatcher.versions(request)
 
     def __repr__(self) -> str:
         core = self._dispatcher.core
