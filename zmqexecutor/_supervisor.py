@@ -209,20 +209,23 @@ class Supervisor:
         if self.sink is not None:
             self._connect_report(self.sink)
         stop_deadline: float | None = None
+        ended = False
         try:
             while True:
                 if not self.stopping:
                     self._spawn_due(poller)
                 elif stop_deadline is None:
                     stop_deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+                    if self._terminate_requested and self._end_children is None:
+                        self._signal_children(signal.SIGTERM)
+                if self._end_children is not None and not ended:
+                    # also after a plain stop() began: end_children() may come second
+                    ended = True
                     if self._end_children == signal.SIGTERM:
-                        for child in self._children():  # SIGTERM ends, not drains
+                        for child in self._children():  # this SIGTERM ends, not drains
                             with contextlib.suppress(OSError):
                                 request_end_now(child.status_path)
-                    if self._end_children is not None:
-                        self._signal_children(self._end_children)
-                    elif self._terminate_requested:
-                        self._signal_children(signal.SIGTERM)
+                    self._signal_children(self._end_children)
                 if self.stopping and not self._children():
                     return
                 if stop_deadline is not None and time.monotonic() > stop_deadline:
