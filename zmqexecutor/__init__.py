@@ -1,6 +1,7 @@
 """zmqexecutor: a concurrent.futures.Executor whose workers run on many machines, over ZeroMQ."""
 
-from ._stats import ExecutorStats, WorkerStats
+from ._resources import current_resources
+from ._stats import ExecutorStats, HostStats, WorkerStats
 from ._versions import HostVersions, Versions
 from .errors import (
     BrokenZmqExecutor,
@@ -17,7 +18,7 @@ from .errors import (
     WorkerLostError,
     ZmqExecutorError,
 )
-from .executor import ZmqExecutor
+from .executor import ExecutorView, ZmqExecutor
 from .worker import run_worker
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "BrokenZmqExecutor",
     "ConfigurationError",
     "ExecutorStats",
+    "ExecutorView",
+    "HostStats",
     "HostVersions",
     "NoWorkersError",
     "RemoteError",
@@ -42,5 +45,6 @@ __all__ = [
     "ZmqExecutor",
     "ZmqExecutorError",
     "__version__",
+    "current_resources",
     "run_worker",
 ]

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -38,10 +38,11 @@ from . import _protocol as proto
 from ._defaults import PROTOCOL_VERSION, TICK
 from ._net import recv_frames, set_heartbeats
 from ._protocol import Kind
+from ._resources import check_resources
 from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from ._security import Security
 from ._serialize import load_result
-from ._stats import ExecutorStats, WorkerStats
+from ._stats import ExecutorStats, HostStats, WorkerStats
 from ._versions import Versions, host_entry
 from ._worker_process import FN_SLOTS
 
@@ -249,6 +250,11 @@ class Dispatcher(threading.Thread):
             bytes_received=self.bytes_received,
             protocol_errors=self.protocol_errors,
             discarded_results=core.discarded_results,
+            hosts=[
+                HostStats(h.host_id, h.name, dict(h.resources), dict(h.used))
+                for h in core.hosts.values()
+            ],
+            pending_by_priority=core.pending.by_priority(),
         )
 
     # -- versions (asked from other threads, answered by this one) -------------------------
@@ -415,7 +421,7 @@ class Dispatcher(threading.Thread):
                 link.functions[item.digest] = None
                 if len(link.functions) > FN_SLOTS:
                     link.functions.popitem(last=False)
-        tasks = [(i.task_id, i.digest, i.payload, i.buffers) for i in items]
+        tasks = [(i.task_id, i.digest, i.payload, i.buffers, i.units) for i in items]
         # ZMQ_MAXMSGSIZE bounds each frame: keep every message's first frame under the limit
         limit = self.settings.max_message_size
         start, size = 0, sum(len(data) + proto.RECORD_OVERHEAD for _, data in functions)
@@ -431,7 +437,7 @@ class Dispatcher(threading.Thread):
         self,
         link: Link,
         functions: list[tuple[bytes, bytes]],
-        tasks: list[tuple[int, bytes, bytes, Sequence[Any]]],
+        tasks: list[tuple[Any, ...]],
     ) -> None:
         frames = proto.encode_tasks(self.session, functions, tasks)
         self.bytes_sent += sum(memoryview(f).nbytes for f in frames)
@@ -531,6 +537,7 @@ class Dispatcher(threading.Thread):
         try:  # every field is checked before a socket exists
             inbox = body["inbox"]
             pid, slots = int(body.get("pid", 0)), max(1, int(body.get("slots", 1)))
+            resources = check_resources(body.get("resources") or {}, "HELLO resources")
             if not isinstance(inbox, str) or len(worker_id) != 16:
                 raise ValueError("bad inbox or worker id")
         except (KeyError, ValueError, TypeError) as e:
@@ -556,6 +563,7 @@ class Dispatcher(threading.Thread):
             pid,
             slots,
             time.monotonic(),
+            resources,
         )
         self.links[worker_id] = Link(push)
         self._note_versions(w, body)

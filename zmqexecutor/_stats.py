@@ -20,6 +20,16 @@ class WorkerStats:
 
 
 @dataclass(frozen=True)
+class HostStats:
+    """One worker host as the executor sees it: what it declared and what its tasks hold."""
+
+    host_id: str
+    name: str
+    resources: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ExecutorStats:
     """A snapshot of an executor: its workers, its tasks, its traffic."""
 
@@ -32,6 +42,9 @@ class ExecutorStats:
     bytes_received: int = 0
     protocol_errors: int = 0  #: bad messages dropped
     discarded_results: int = 0  #: late, replayed or misdirected results dropped
+    hosts: list[HostStats] = field(default_factory=list)
+    #: tasks waiting at each priority (only those with any)
+    pending_by_priority: dict[int, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -47,4 +60,11 @@ class ExecutorStats:
                 f"{w.host:<20} {w.pid:>7} {w.slots:>5} {w.in_flight:>9} {w.done:>8} "
                 f"{w.failed:>6} {age:>9}"
             )
+        for h in sorted(self.hosts, key=lambda h: h.name):
+            if h.resources:
+                held = ", ".join(f"{k} {h.used.get(k, 0):g}/{v:g}" for k, v in h.resources.items())
+                lines.append(f"host {h.name}: resources in use {held}")
+        if set(self.pending_by_priority) - {0}:
+            queued = ", ".join(f"{n} at priority {p}" for p, n in self.pending_by_priority.items())
+            lines.append(f"queued: {queued}")
         return "\n".join(lines)

@@ -121,6 +121,7 @@ class Supervisor:
         idle_timeout: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         in_executor: bool = False,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.processes = processes
         self.sink = sink
@@ -158,6 +159,8 @@ class Supervisor:
         #: runs in the executor's own process (local mode): a freeze stops both alike, and
         #: the executor does not count silence it did not listen to, so never renew
         self._in_executor = in_executor
+        #: what this host declares (--resources); its worker processes tell the executor
+        self.resources = dict(resources or {})
         self.ctx = context or zmq.Context()
         self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=local_dir)
         self._wake_r, self._wake_w = os.pipe()
@@ -494,6 +497,7 @@ class Supervisor:
             "log_level": self.log_level,
             "secure": self._token is not None,
             "max_tasks": self.max_tasks_per_child,
+            "resources": self.resources,
         }
         env = dict(os.environ)
         env.pop(ENV_TOKEN, None)

@@ -44,6 +44,7 @@ from ._net import (
     recv_frames,
 )
 from ._protocol import Kind, ResultRecord
+from ._resources import hold
 from ._security import Security
 from ._serialize import error_result, exception_result, load_args, loads, value_result
 from ._status import State, StatusFile
@@ -204,6 +205,7 @@ class WorkerProcess:
                 "pid": os.getpid(),
                 "inbox": inbox,
                 "slots": 1,
+                "resources": self.config.get("resources") or {},
                 "python": proto.python_version(),
                 "cloudpickle": proto.cloudpickle_major(),
                 "versions": proto.host_versions(),
@@ -438,10 +440,15 @@ class WorkerProcess:
                 "did not run (is its module importable on the worker, with the same versions?)",
                 tb,
             )
+        if task.resources:
+            hold(task.resources)  # current_resources() tells the task which units it holds
         try:
             value = fn(*args, **kwargs)
         except BaseException as e:
             return exception_result(task.task_id, e, self.origin)
+        finally:
+            if task.resources:
+                hold({})
         return value_result(task.task_id, value)
 
 

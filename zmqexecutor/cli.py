@@ -106,6 +106,12 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         "run code here); never allowed for non-loopback endpoints",
     )
     p.add_argument(
+        "--resources",
+        metavar="NAME=N[,...]",
+        help="what this host has for tasks that ask for it (executor.options(resources=...)), "
+        "shared by its worker processes, e.g. GPU=2,MEM=64e9",
+    )
+    p.add_argument(
         "--max-tasks-per-child",
         type=int,
         metavar="N",
@@ -191,6 +197,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             max_tasks_per_child=args.max_tasks_per_child,
             once=args.once,
             idle_timeout=args.idle_timeout,
+            resources=args.resources,
         )
     except (ConfigurationError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -6,6 +6,7 @@ It never touches a socket: the dispatcher thread (``_dispatcher.py``) owns them 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -42,6 +43,7 @@ from ._net import (
     route_to,
     set_heartbeats,
 )
+from ._resources import check_resources
 from ._scheduler import Settings, WorkItem
 from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args, ship_by_value
@@ -133,6 +135,9 @@ class ZmqExecutor(Executor):
             (undoing it could break another executor that relies on it). Their functions
             are pickled once per executor, as importable ones are: a worker sees the
             module's globals as they were when a function was first submitted.
+        resources: what the local host has for tasks that ask for it
+            (``options(resources=...)``), shared by the local worker processes, e.g.
+            ``{"GPU": 1}``; remote hosts declare theirs with ``--resources``.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -161,8 +166,10 @@ class ZmqExecutor(Executor):
         token_file: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ship_modules: Iterable[str | ModuleType] | str | ModuleType = (),
+        resources: dict[str, float] | None = None,
     ) -> None:
         worker_list = list(workers or ())
+        local_resources = check_resources(resources or {}, "resources")
         if max_workers is None:
             max_workers = 0 if (listen or worker_list) else (os.cpu_count() or 1)
         elif max_workers <= 0:
@@ -275,6 +282,7 @@ class ZmqExecutor(Executor):
                 token=resolved,
                 context=self._context,
                 in_executor=True,
+                resources=local_resources,
             )
         self._address = sink_address
         self._supervisor = supervisor
@@ -330,6 +338,16 @@ class ZmqExecutor(Executor):
             RuntimeError: after shutdown().
             BrokenZmqExecutor: the executor can no longer run tasks.
         """
+        return self._submit(fn, args, kwargs)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: int = 0,
+        resources: dict[str, float] | None = None,
+    ) -> Future[T]:
         self._check_open()
         future: Future[T] = LazyFuture()
         task_id = next(self._task_ids)
@@ -362,6 +380,8 @@ class ZmqExecutor(Executor):
             )
             return future
         item = WorkItem(future, task_id, digest, fn_bytes, payload, buffers)
+        if priority or resources:
+            item.priority, item.resources = priority, resources or None
         with self._shutdown_lock:
             self._check_open()
             self._dispatcher.core.pending.append(item)
@@ -423,23 +443,26 @@ class ZmqExecutor(Executor):
             TypeError: buffersize is not an int.
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
         """
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        # the checks and messages of Python 3.14's Executor.map
-        if buffersize is not None and not isinstance(buffersize, int):
-            raise TypeError("buffersize must be an integer or None")
-        if buffersize is not None and buffersize < 1:
-            raise ValueError("buffersize must be None or > 0")
-        if chunksize == 1:
-            return _map_results(self, fn, zip(*iterables, strict=False), timeout, buffersize)
-        if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
-            process, it = _process_chunk, iter(iterables[0])
-        else:
-            process, it = _process_star_chunk, zip(*iterables, strict=False)
-        chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
-        return _chain(
-            _map_results(self, partial(process, fn), zip(chunks, strict=False), timeout, buffersize)
-        )
+        return _map(self, fn, iterables, timeout, chunksize, buffersize)
+
+    def options(
+        self, *, resources: dict[str, float] | None = None, priority: int | None = None
+    ) -> ExecutorView:
+        """A view of this executor whose ``submit`` and ``map`` carry options, for any code
+        that takes an Executor: ``ex.options(resources={"GPU": 1}).map(train, configs)``.
+
+        Args:
+            resources: what each task needs of its host while it runs, e.g. ``{"GPU": 1}``;
+                it runs only where that much is free (``zmqexecutor-worker --resources``,
+                or ``ZmqExecutor(resources=...)`` for local workers).
+            priority: among queued tasks a higher priority is sent first (default 0);
+                equal priorities keep their order.
+
+        Raises:
+            ValueError: resources is not a dict of names to non-negative numbers.
+            TypeError: priority is not an int.
+        """
+        return ExecutorView(self, resources=resources, priority=priority)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; run what is queued (or cancel it), then stop the workers.
@@ -528,6 +551,86 @@ class ZmqExecutor(Executor):
         )
 
 
+class ExecutorView(Executor):
+    """A ZmqExecutor seen through options (``executor.options(...)``): it shares the
+    executor's workers and queue, and its ``submit`` and ``map`` carry the options.
+
+    ``shutdown()`` closes the view only: it accepts no new task, ``cancel_futures`` cancels
+    the tasks submitted through it that are still queued, and ``wait`` waits for the rest
+    of them. The executor and its other views go on; shut the executor down itself.
+    """
+
+    def __init__(
+        self,
+        executor: ZmqExecutor,
+        *,
+        resources: dict[str, float] | None = None,
+        priority: int | None = None,
+    ) -> None:
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        self._executor = executor
+        self._resources = check_resources(resources, "resources") if resources else None
+        self._priority = priority or 0
+        self._shutdown = False
+        self._futures: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        options = f"resources={self._resources} priority={self._priority}"
+        return f"<ExecutorView {options} of {self._executor!r}>"
+
+    def options(
+        self, *, resources: dict[str, float] | None = None, priority: int | None = None
+    ) -> ExecutorView:
+        """Another view of the same executor, with these options instead of this view's."""
+        return ExecutorView(
+            self._executor,
+            resources=self._resources if resources is None else resources,
+            priority=self._priority if priority is None else priority,
+        )
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """As ZmqExecutor.submit, with this view's options.
+
+        Raises:
+            RuntimeError: after this view's or the executor's shutdown().
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown (of this view)")
+        future = self._executor._submit(fn, args, kwargs, self._priority, self._resources)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """As ZmqExecutor.map, with this view's options."""
+        return _map(self, fn, iterables, timeout, chunksize, buffersize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Close this view (see the class docstring); the executor goes on."""
+        self._shutdown = True
+        with self._lock:
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+
+
 def _cacheable(fn: Callable[..., Any]) -> bool:
     """May ``fn``'s pickle be reused for later calls? Yes for what cloudpickle sends by
     reference (importable functions) and for map()'s per-call partial; no for functions
@@ -574,6 +677,34 @@ def _process_chunk(fn: Callable[..., T], chunk: list[Any]) -> list[T]:
 def _process_star_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     """Runs on the worker: one task for ``chunksize`` items of map() over several iterables."""
     return list(itertools.starmap(fn, chunk))
+
+
+def _map(
+    executor: Executor,
+    fn: Callable[..., T],
+    iterables: tuple[Iterable[Any], ...],
+    timeout: float | None,
+    chunksize: int,
+    buffersize: int | None,
+) -> Iterator[T]:
+    """ZmqExecutor.map, for an executor or a view of one (their submit() is all it uses)."""
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    # the checks and messages of Python 3.14's Executor.map
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    if chunksize == 1:
+        return _map_results(executor, fn, zip(*iterables, strict=False), timeout, buffersize)
+    if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
+        process, it = _process_chunk, iter(iterables[0])
+    else:
+        process, it = _process_star_chunk, zip(*iterables, strict=False)
+    chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
+    return _chain(
+        _map_results(executor, partial(process, fn), zip(chunks, strict=False), timeout, buffersize)
+    )
 
 
 def _map_results(

@@ -22,6 +22,7 @@ from ._net import (
     parse_port_range,
     route_to,
 )
+from ._resources import check_resources, parse_resources
 from ._security import Security, check_exposure, resolve_token
 from ._supervisor import Supervisor
 from ._worker_process import EXIT_REFUSED
@@ -45,6 +46,7 @@ def run_worker(
     max_tasks_per_child: int | None = None,
     once: bool = False,
     idle_timeout: float | None = None,
+    resources: dict[str, float] | str | None = None,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -72,6 +74,9 @@ def run_worker(
             own limit applies too; the lower one wins).
         once: serve one executor, then exit (for batch jobs).
         idle_timeout: exit after this many seconds without an executor.
+        resources: what this host has for tasks that ask for it, shared by its worker
+            processes: ``{"GPU": 2, "MEM": 64e9}`` or ``"GPU=2,MEM=64e9"``. A task submitted
+            with ``executor.options(resources={"GPU": 1})`` runs only where one unit is free.
 
     Returns:
         0 after a clean stop (SIGTERM lets running tasks finish first); EXIT_REFUSED if
@@ -124,6 +129,11 @@ def run_worker(
     else:
         assert listen is not None
         check_exposure(listen, secure=secure, insecure=insecure, role="listen endpoint")
+    declared = (
+        parse_resources(resources)
+        if isinstance(resources, str)
+        else check_resources(resources or {}, "resources")
+    )
     supervisor = Supervisor(
         processes=processes,
         sink=executor,
@@ -138,6 +148,7 @@ def run_worker(
         max_tasks_per_child=max_tasks_per_child,
         once=once,
         idle_timeout=idle_timeout,
+        resources=declared,
     )
     interrupts = 0
 
