@@ -193,16 +193,17 @@ class ZmqExecutorBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignor
             executor.shutdown(wait=wait, cancel_futures=True)
 
     def _capacity(self) -> int:
-        """Worker slots: connected ones, else the local workers (being) started, else 0."""
+        """Worker slots: the connected ones, or the executor's local workers if more (they
+        count before they connect: right after the executor is made, none has), else 0."""
         executor = self._executor
         if executor is None:
             return self._local_workers_for(-1) or 0
-        local: int = getattr(executor, "_max_workers", 0) or 0
         try:
             slots = sum(w.slots for w in executor.stats().workers)
         except Exception:  # stats() is best effort here: a shut down or busy executor
             slots = 0
-        return max(slots, local)
+        # connected slots include the local workers' own: the larger, not the sum
+        return max(slots, executor.max_workers)
 
     # -- the joblib backend API ---------------------------------------------------------
 
