@@ -35,9 +35,11 @@ the ``with`` block ends), at interpreter exit, or by ``backend.shutdown()``.
 positive ``n_jobs`` is the number of local worker processes the backend starts (unless
 ``max_workers=`` is given); with ``executor=``, ``listen=`` or ``workers=`` it only sizes
 joblib's batches and pre-dispatch, and the executor's workers bound the concurrency.
-Negative values count from the worker slots connected when the ``Parallel`` call starts
+Negative values count from the executor's worker slots when the ``Parallel`` call starts
 (``-1``: all of them; the default when neither ``Parallel`` nor ``parallel_config`` sets
-``n_jobs``).
+``n_jobs``): the slots connected, or its local workers (``ZmqExecutor.max_workers``) if
+more, which count before they have started; with no worker known at all (remote workers
+still to connect), this machine's core count.
 
 The workers need joblib installed too (the batches joblib sends are joblib objects).
 joblib is an optional dependency: ``pip install 'zmqexecutor[joblib]'``; importing
