@@ -116,6 +116,30 @@ def test_joblib_generator_output_and_n_jobs_none(
 
 
 @pytest.mark.timeout(90)
+def test_joblib_n_jobs_minus_one_counts_local_workers_before_they_connect(
+    joblib_backend: Any, make_executor: Callable[..., ZmqExecutor]
+) -> None:
+    """n_jobs=-1 on an executor just made, whose local workers have not registered yet, is
+    its max_workers, not this machine's core count (the guess for workers still unknown)."""
+    joblib = joblib_backend
+    from joblib import Parallel, delayed
+
+    cores = os.cpu_count() or 1
+    n = 3 if cores == 2 else 2  # differs from the core count; both more than 1
+    ex = make_executor(max_workers=n)
+    assert ex.max_workers == n
+    # Read at once: the workers are fresh interpreters, still starting (stats() lists none).
+    with joblib.parallel_config(backend="zmqexecutor", executor=ex):
+        assert joblib.effective_n_jobs(-1) == n  # what scikit-learn asks to split its work
+        assert joblib.effective_n_jobs(-2) == max(n - 1, 2)
+        out = Parallel(n_jobs=-1)(delayed(square_and_pid)(i) for i in range(n))
+        assert [v for v, _ in out] == [i * i for i in range(n)]
+        assert joblib.effective_n_jobs(-1) == n  # and once they have connected
+    remote_only = make_executor(listen="tcp://127.0.0.1:*", insecure=True)
+    assert remote_only.max_workers == 0
+
+
+@pytest.mark.timeout(90)
 def test_joblib_task_exception_propagates_and_backend_stays_usable(
     joblib_backend: Any, make_executor: Callable[..., ZmqExecutor]
 ) -> None:

@@ -219,6 +219,7 @@ class ZmqExecutor(Executor):
 
         self._max_message_size = max_message_size
         self._mode = "listen" if listen else "workers" if worker_list else "local"
+        self._max_workers = max_workers  # resolved: 0 for remote workers only
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
         self._task_ids = itertools.count(1)
@@ -325,6 +326,13 @@ class ZmqExecutor(Executor):
         """The endpoint workers connect to (``zmqexecutor-worker ADDRESS``); with
         ``listen="tcp://host:*"`` it carries the port the system chose."""
         return self._address
+
+    @property
+    def max_workers(self) -> int:
+        """The local worker processes this executor runs: ``max_workers`` as the constructor
+        resolved it (one per core by default, 0 with ``listen=`` or ``workers=`` alone).
+        They count before they have connected; remote workers' slots are in ``stats()``."""
+        return self._max_workers
 
     # -- the Executor API ---------------------------------------------------------------
 

@@ -35,9 +35,11 @@ the ``with`` block ends), at interpreter exit, or by ``backend.shutdown()``.
 positive ``n_jobs`` is the number of local worker processes the backend starts (unless
 ``max_workers=`` is given); with ``executor=``, ``listen=`` or ``workers=`` it only sizes
 joblib's batches and pre-dispatch, and the executor's workers bound the concurrency.
-Negative values count from the worker slots connected when the ``Parallel`` call starts
+Negative values count from the executor's worker slots when the ``Parallel`` call starts
 (``-1``: all of them; the default when neither ``Parallel`` nor ``parallel_config`` sets
-``n_jobs``).
+``n_jobs``): the slots connected, or its local workers (``ZmqExecutor.max_workers``) if
+more, which count before they have started; with no worker known at all (remote workers
+still to connect), this machine's core count.
 
 The workers need joblib installed too (the batches joblib sends are joblib objects).
 joblib is an optional dependency: ``pip install 'zmqexecutor[joblib]'``; importing
@@ -193,16 +195,17 @@ class ZmqExecutorBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignor
             executor.shutdown(wait=wait, cancel_futures=True)
 
     def _capacity(self) -> int:
-        """Worker slots: connected ones, else the local workers (being) started, else 0."""
+        """Worker slots: the connected ones, or the executor's local workers if more (they
+        count before they connect: right after the executor is made, none has), else 0."""
         executor = self._executor
         if executor is None:
             return self._local_workers_for(-1) or 0
-        local: int = getattr(executor, "_max_workers", 0) or 0
         try:
             slots = sum(w.slots for w in executor.stats().workers)
         except Exception:  # stats() is best effort here: a shut down or busy executor
             slots = 0
-        return max(slots, local)
+        # connected slots include the local workers' own: the larger, not the sum
+        return max(slots, executor.max_workers)
 
     # -- the joblib backend API ---------------------------------------------------------
 

@@ -12,8 +12,10 @@
 
 Each host gets one ``ssh HOST PYTHON -c WRAPPER ...`` session (the system OpenSSH client, a
 subprocess; ``-T``, ``BatchMode=yes``: a missing key fails at once instead of prompting).
-On the remote side a small Python wrapper, passed on the command line (so it needs nothing
-installed beyond zmqexecutor itself), does this:
+On the remote side a small Python wrapper does this; its source is the module
+``zmqexecutor/_ssh_remote.py``, sent whole on the command line (so the host needs nothing
+installed beyond zmqexecutor itself, and the wrapper uses no more of the remote zmqexecutor
+than ``python -m zmqexecutor worker``: see that module for what it must keep):
 
 1. checks that ``PYTHON`` can import zmqexecutor (otherwise exits 3 with a message);
 2. reads the token from the first line of its stdin and writes it, with umask 077, to a file
@@ -70,11 +72,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
 from types import TracebackType
 from typing import TextIO
 
 from ._net import is_wildcard, parse_endpoint
 from ._security import resolve_token
+from ._ssh_remote import EXITED as _EXITED
+from ._ssh_remote import STARTED as _STARTED
+from ._ssh_remote import TOKEN_FROM_STDIN as _TOKEN_FROM_STDIN
 from .errors import ConfigurationError, ZmqExecutorError
 
 __all__ = ["SSHLaunchError", "SSHWorker", "SSHWorkers", "launch_ssh"]
@@ -96,127 +102,6 @@ DEFAULT_SSH_OPTIONS: tuple[str, ...] = (
 KILL_GRACE = 5.0
 #: lines of each host's output kept for error messages
 OUTPUT_KEPT = 200
-
-_STARTED = "ZMQEXECUTOR-SSH-STARTED"
-_EXITED = "ZMQEXECUTOR-SSH-EXITED"
-_TOKEN_FROM_STDIN = "-"
-
-# The remote side. It runs as ``PYTHON -c SCRIPT TOKEN_ARG WORKER_ARGS...``; it must not
-# depend on the remote zmqexecutor's version beyond `python -m zmqexecutor worker`. It reads
-# its stdin with os.read (no buffered sys.stdin shared with a thread) and leaves with
-# os._exit, so interpreter shutdown never waits on the thread blocked in that read.
-_REMOTE_SCRIPT = r"""
-import os, shutil, signal, socket, subprocess, sys, tempfile, threading
-
-def say(line, stream=sys.stdout):
-    try:
-        stream.write(line + "\n")
-        stream.flush()
-    except (OSError, ValueError):  # the channel is gone (ssh killed): nobody to tell
-        pass
-
-def lines(buf=[b""]):
-    while True:
-        while b"\n" not in buf[0]:
-            chunk = os.read(0, 4096)
-            if not chunk:
-                return
-            buf[0] += chunk
-        line, buf[0] = buf[0].split(b"\n", 1)
-        yield line.strip()
-
-def main():
-    token_arg, args = sys.argv[1], sys.argv[2:]
-    host = socket.gethostname()
-    lock = threading.RLock()  # a signal handler may interrupt a holder
-    state = {"proc": None, "stop": False}
-
-    def terminate(*_):  # SIGTERM to the worker host, once
-        with lock:
-            proc, stop = state["proc"], state["stop"]
-            state["stop"] = True
-            if proc is not None and not stop and proc.returncode is None:
-                os.kill(proc.pid, signal.SIGTERM)
-
-    def kill():  # SIGKILL to the worker host's whole process group
-        if state["proc"] is not None:
-            try:
-                os.killpg(state["proc"].pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, terminate)
-    try:
-        import zmqexecutor
-    except ImportError as e:
-        say("zmqexecutor-ssh: %s on %s cannot import zmqexecutor (%s); install it there or "
-            "pass python=..." % (sys.executable, host, e), sys.stderr)
-        return 3
-    os.umask(0o077)
-    control = lines()
-    tmpdir = None
-    if token_arg == "-":
-        token = next(control, b"")
-        if not token:
-            say("zmqexecutor-ssh: no token arrived on stdin", sys.stderr)
-            return 2
-        tmpdir = tempfile.mkdtemp(prefix="zmqexecutor-ssh-")
-        token_file = os.path.join(tmpdir, "token")
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(token + b"\n")
-        del token
-    else:
-        token_file = os.path.expanduser(token_arg)
-    me = os.getpid()
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        prctl = None
-
-    def die_with_me():  # in the child: SIGTERM when this wrapper dies, even of SIGKILL
-        if prctl is not None:
-            prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG (Linux)
-        if os.getppid() != me:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    try:
-        with lock:
-            if state["stop"]:
-                return 128 + signal.SIGTERM
-            cmd = [sys.executable, "-m", "zmqexecutor", "worker"] + args
-            state["proc"] = proc = subprocess.Popen(
-                cmd + ["--token-file", token_file], stdin=subprocess.DEVNULL, stdout=2,
-                start_new_session=True, preexec_fn=die_with_me)
-
-        def watch():
-            for command in control:
-                if command == b"TERM":
-                    terminate()
-                elif command == b"KILL":
-                    kill()
-            terminate()  # end of file: the launcher or its connection is gone
-
-        say("%s %d %d %s %s" % ("ZMQEXECUTOR-SSH-STARTED", proc.pid, me, host,
-                                getattr(zmqexecutor, "__version__", "?")))
-        threading.Thread(target=watch, daemon=True).start()
-        code = proc.wait()
-        kill()  # nothing of this session outlives it
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-    say("%s %d" % ("ZMQEXECUTOR-SSH-EXITED", code))
-    return code if code >= 0 else 128 - code
-
-try:
-    code = main()
-except BaseException as e:
-    say("zmqexecutor-ssh: %r" % (e,), sys.stderr)
-    code = 1
-os._exit(code)
-"""
 
 
 class SSHLaunchError(ZmqExecutorError, RuntimeError):
@@ -494,6 +379,13 @@ def _wait_all(workers: Iterable[SSHWorker], deadline: float | None) -> None:
             w.process.wait(remaining)
 
 
+def remote_source() -> str:
+    """The remote wrapper's source, as :func:`remote_command` sends it: the file
+    ``zmqexecutor/_ssh_remote.py`` of this installation, unchanged."""
+    package = __package__ or "zmqexecutor"
+    return resources.files(package).joinpath("_ssh_remote.py").read_text(encoding="utf-8")
+
+
 def remote_command(
     executor_address: str,
     *,
@@ -508,7 +400,7 @@ def remote_command(
         worker_args += ["--processes", str(processes)]
     worker_args += list(extra_args)
     token_arg = _TOKEN_FROM_STDIN if remote_token_file is None else remote_token_file
-    quoted = " ".join(shlex.quote(a) for a in ["-c", _REMOTE_SCRIPT, token_arg, *worker_args])
+    quoted = " ".join(shlex.quote(a) for a in ["-c", remote_source(), token_arg, *worker_args])
     return f"{python} {quoted}"
 
 
