@@ -200,6 +200,8 @@ class Dispatcher(threading.Thread):
                     done=w.done,
                     failed=w.failed,
                     heartbeat_age=None if host is None else now - host.last_seen,
+                    task_ids=tuple(w.outstanding),
+                    ready=w.ready,
                 )
             )
         return ExecutorStats(
