@@ -237,22 +237,18 @@ def record_and_block(
     return result
 
 
+def record_and_sleep(marker: str, seconds: float, value: Any = None) -> Any:
+    """Record an exec marker labelled ``value``, sleep ``seconds`` (a long task that can be
+    killed from outside mid-run), and return ``value``."""
+    record(marker, value)
+    time.sleep(seconds)
+    return value
+
+
 def record_and_exit(marker: str, code: int = 1) -> NoReturn:
     """Record an exec marker, then kill this process with ``os._exit(code)``: a poison task."""
     record(marker, "exit")
     os._exit(code)
-
-
-def exit_on_first_attempt(flag: str, marker: str, value: Any) -> Any:
-    """Record an exec marker; the first time (``flag`` does not exist yet) create ``flag`` and
-    ``os._exit(1)``; afterwards return ``value``."""
-    record(marker, value)
-    try:
-        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return value
-    os.close(fd)
-    os._exit(1)
 
 
 def record_and_spin(marker: str, limit: float = 2 * GATE_TIMEOUT) -> NoReturn:
