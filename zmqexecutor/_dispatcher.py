@@ -214,6 +214,7 @@ class Dispatcher(threading.Thread):
             bytes_received=self.bytes_received,
             protocol_errors=self.protocol_errors,
             discarded_results=core.discarded_results,
+            host_ids=tuple(core.hosts),
         )
 
     # -- carrying out the core's decisions ---------------------------------------------------

@@ -34,6 +34,7 @@ class ExecutorStats:
     bytes_received: int = 0
     protocol_errors: int = 0  #: bad messages dropped
     discarded_results: int = 0  #: late, replayed or misdirected results dropped
+    host_ids: tuple[str, ...] = ()  #: the worker hosts heard from and not (yet) declared lost
 
     def __str__(self) -> str:
         lines = [
