@@ -245,6 +245,27 @@ def record_and_sleep(marker: str, seconds: float, value: Any = None) -> Any:
     return value
 
 
+class MkdirAtUnpickle:
+    """Creates the directory ``path`` when unpickled: a result that proves it was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return os.mkdir, (self.path,)
+
+
+def block_then_return_bait(
+    marker: str, gate: str, label: str, canary: str, done_marker: str
+) -> MkdirAtUnpickle:
+    """Record an exec marker, wait for ``gate``, record ``done_marker``, and return a result
+    whose unpickling creates ``canary`` (a spy for results that must never be loaded)."""
+    record(marker, label)
+    block_until(gate)
+    record(done_marker, label)
+    return MkdirAtUnpickle(canary)
+
+
 def record_and_exit(marker: str, code: int = 1) -> NoReturn:
     """Record an exec marker, then kill this process with ``os._exit(code)``: a poison task."""
     record(marker, "exit")

@@ -458,7 +458,10 @@ logging.basicConfig(
 cfg = json.loads(sys.argv[1])
 ex = ZmqExecutor(listen=cfg["address"], insecure=True, **cfg["heartbeat"])
 futures = [
-    ex.submit(cc.record_and_block, cfg["marker"], cfg["gate"], f"old-{i}", 60.0, cfg["done"])
+    ex.submit(
+        cc.block_then_return_bait, cfg["marker"], cfg["gate"], f"old-{i}", cfg["canary"],
+        cfg["done"],
+    )
     for i in range(cfg["n"])
 ]
 deadline = time.monotonic() + 60
@@ -471,6 +474,13 @@ threading.Event().wait(120)  # until the test SIGKILLs this process
 '''
 
 
+def dropped(ex: Any) -> int:
+    """Messages the executor dropped: bad ones (another session's) and results it did not
+    expect (late, replayed, misdirected)."""
+    stats = ex.stats()
+    return int(stats.protocol_errors + stats.discarded_results)
+
+
 @pytest.mark.timeout(90)
 def test_executor_restart(
     make_executor: Callable[..., Any],
@@ -480,12 +490,19 @@ def test_executor_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """F-11: SIGKILL the executor while its tasks run; a new executor on the same port gets
-    the worker host back, and never a result of the old session (task ids restart at 1 in
-    the new executor, so a stale result would land on a new future)."""
+    the worker host back. The old tasks finish while the old executor is gone, and their
+    results really reach the new one, while its own tasks with the same ids (task ids restart
+    at 1) are running: they are dropped unread (canary) and resolve nothing.
+
+    The old tasks' host has its supervisor stopped (SIGSTOP) meanwhile: awake, it would kill
+    them as soon as it noticed the executor gone, and no late result would ever arrive. A
+    second host serves the new executor until the first is let go (SIGCONT) and re-registers.
+    """
     caplog.set_level(logging.INFO, logger="zmqexecutor")
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
     old_gate = gates("old")
     old_marker, old_done = tmp_path / "old.marker", tmp_path / "old.done"
+    canary = tmp_path / "stale-result-loaded"
     ready = tmp_path / "old.ready"
     script = tmp_path / "old_executor.py"
     script.write_text(OLD_EXECUTOR_SCRIPT)
@@ -495,6 +512,7 @@ def test_executor_restart(
         "marker": str(old_marker),
         "done": str(old_done),
         "gate": str(old_gate.path),
+        "canary": str(canary),
         "ready": str(ready),
         "n": 2,
     }
@@ -508,6 +526,7 @@ def test_executor_restart(
             env=worker_env(),
             start_new_session=True,
         )
+    frozen: WorkerHost | None = None
     try:
         host = worker_hosts(address, "h", processes=2)
 
@@ -523,42 +542,72 @@ def test_executor_restart(
         wait_until(old_ready, 60, "the old executor's tasks to run on the worker host")
         old_pids = [pid for pid, *_ in cc.read_marker(old_marker)]
         assert all(host.owns(p) for p in old_pids)
+        os.kill(host.pid, signal.SIGSTOP)  # its supervisor only: the old tasks run on
+        frozen = host
         old.kill()
         old.wait(RESULT_TIMEOUT)
 
         ex = make_executor(listen=address, **INSECURE, **HB)
+        other = worker_hosts(address, "other", processes=2)
         track = ResolveCounter()
         new_gate = gates("new")
         new_marker = tmp_path / "new.marker"
-        # Task ids 1 and 2 again, exactly those of the old session's two tasks.
         blocked = [
             track(ex.submit(cc.record_and_block, str(new_marker), str(new_gate.path), f"new-{i}"))
             for i in range(2)
         ]
-        # Let the old tasks finish (unless the host already abandoned them): their results
-        # would arrive while the new tasks 1 and 2 are pending.
-        old_gate.open()
-        wait_until(
-            lambda: len(cc.read_marker(old_done)) == 2 or all(is_dead(p) for p in old_pids),
-            RESULT_TIMEOUT,
-            "the old session's tasks to finish or be abandoned",
-        )
+
+        def state() -> str:
+            return f"\n{ex.stats()!r}\n{blocked}\n{caplog.text[-3000:]}" + host_logs(host, other)
+
         wait_until(
             lambda: len(cc.read_marker(new_marker)) == 2,
             RESULT_TIMEOUT,
-            lambda: "the host to re-register and start the new tasks" + host_logs(host),
+            lambda: "the new tasks to start on the other host" + state(),
+        )
+        assert {pgid for _, pgid, *_ in cc.read_marker(new_marker)} == {other.pid}
+        in_flight = sorted(t for w in ex.stats().workers for t in w.task_ids)
+        before = dropped(ex)
+        old_gate.open()  # the old tasks finish now, with no executor of theirs left
+        wait_until(
+            lambda: len(cc.read_marker(old_done)) == 2,
+            RESULT_TIMEOUT,
+            lambda: "the old tasks to finish on the frozen host" + state(),
+        )
+        wait_until(
+            lambda: dropped(ex) >= before + 2,
+            RESULT_TIMEOUT,
+            lambda: "both old results to reach the new executor and be dropped" + state(),
+        )
+        assert not any(f.done() for f in blocked), (
+            f"an old result resolved a new future (new task ids in flight: {in_flight})" + state()
+        )
+        assert not canary.exists(), "the new executor unpickled a result of the old session"
+
+        os.kill(host.pid, signal.SIGCONT)
+        frozen = None
+        # The thawed host notices its executor is gone, replaces its worker processes and
+        # registers them with the new executor.
+        wait_until(
+            lambda: sum(host.owns(w.pid) for w in ex.stats().workers) == 2,
+            RESULT_TIMEOUT,
+            lambda: "the thawed host to re-register" + state(),
         )
         quick = [track(ex.submit(cc.where, f"new-q{i}")) for i in range(10)]
-        new_gate.open()
-        assert [f.result(timeout=RESULT_TIMEOUT) for f in blocked] == ["new-0", "new-1"]
         results = [f.result(timeout=RESULT_TIMEOUT) for f in quick]
         assert [r[0] for r in results] == [f"new-q{i}" for i in range(10)]
-        assert {r[3] for r in results} == {host.pid}
+        assert {r[3] for r in results} <= {host.pid, other.pid}
+        new_gate.open()
+        assert [f.result(timeout=RESULT_TIMEOUT) for f in blocked] == ["new-0", "new-1"]
         assert labels(new_marker) == {"new-0": 1, "new-1": 1}
+        assert labels(old_marker) == {"old-0": 1, "old-1": 1}
         track.check_once()
+        assert not canary.exists(), "the new executor unpickled a result of the old session"
         assert "InvalidStateError" not in caplog.text
         assert host.proc.poll() is None, "the worker host should outlive its executor"
     finally:
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
         if old.poll() is None:
             old.kill()
             old.wait()
