@@ -827,13 +827,22 @@ def main():
         report["lost"] = repr(exc)
         report["stay"] = blockers[stay_label].result(timeout=30)
         report["queued"] = [f.result(timeout=30) for f in queued]
-        # The partitioned host may still finish its task: that late result must be dropped.
-        Path(files["gate-" + cut_label]).touch()
+        discarded = ex.stats().discarded_results
+        report["discarded_before_heal"] = discarded
+        # The test lets the partitioned host's task finish now, while the link is still cut,
+        # and heals it: that late result arrives and must be dropped.
         Path(files["phase1"]).touch()
 
         wait_for(lambda: os.path.exists(files["healed"]), 60, "the test to heal the link")
         log.info("link healed")
         t_heal = time.monotonic()
+        wait_for(
+            lambda: ex.stats().discarded_results > discarded, cfg["late_timeout"],
+            "the late result of the partitioned host to arrive and be discarded",
+        )
+        report["late_discarded"] = ex.stats().discarded_results - discarded
+        report["lost_after_late"] = repr(blockers[cut_label].exception(timeout=0))
+        Path(files["late"]).touch()
         report["after_heal"] = probe_until({cut_ns}, cfg["rejoin_timeout"])
         report["rejoin_after"] = time.monotonic() - t_heal
         final = [track(ex.submit(cc.where, 1000 + i)) for i in range(16)]
@@ -865,7 +874,7 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
     w_cut, w_stay = lab.add_host("wcut"), lab.add_host("wstay")
     cut_ns, stay_ns = w_cut.netns_id(), w_stay.netns_id()
     address = f"tcp://{exec_host.ip}:5555"
-    names = ("marker", "done", "gate-a", "gate-b", "ready", "cut", "phase1", "healed")
+    names = ("marker", "done", "gate-a", "gate-b", "ready", "cut", "phase1", "healed", "late")
     files = {name: str(tmp_path / name) for name in names}
     script = tmp_path / "partition_executor.py"
     script.write_text(PARTITION_EXECUTOR_SCRIPT)
@@ -878,6 +887,7 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
         "join_timeout": 40.0,
         "lost_timeout": LOST_DEADLINE + 20.0,
         "rejoin_timeout": 30.0,
+        "late_timeout": 30.0,
         "report_mark": REPORT_MARK,
     }
     # Not loopback: the executor and the workers authenticate with a shared token.
@@ -921,16 +931,45 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
         return check
 
     wait_until(file_or_fail("ready"), 60, lambda: "both hosts running a blocker" + all_logs())
+    ((cut_pid, _, _, cut_label),) = [m for m in cc.read_marker(files["marker"]) if m[2] == cut_ns]
+    supervisor = workers[w_cut.name]
     lab.cut(w_cut)
     t_cut = time.monotonic()
+    # Stop the cut host's supervisor: awake, it would kill the running task as soon as it
+    # noticed the executor gone, and no late result could ever arrive.
+    supervisor.send_signal(signal.SIGSTOP)
     tmp = tmp_path / "cut.tmp"
     tmp.write_text(repr(t_cut))
     tmp.rename(files["cut"])
-    wait_until(file_or_fail("phase1"), 60, lambda: "the partition phase" + all_logs())
-    # The partition lasts 3 heartbeat timeouts in all: part of the scenario, not a sync.
-    time.sleep(max(0.0, t_cut + 3 * HB_TIMEOUT - time.monotonic()))
-    lab.heal(w_cut)
-    Path(files["healed"]).touch()
+    try:
+        wait_until(file_or_fail("phase1"), 60, lambda: "the partition phase" + all_logs())
+
+        def sink_ports() -> list[str]:
+            """Local ports of the task's worker process's connections to the executor's sink."""
+            out = w_cut.run(["ss", "-tnpH", "state", "established", "( dport = :5555 )"])
+            return [
+                line.split()[2].rsplit(":", 1)[1]
+                for line in out.stdout.splitlines()
+                if f"pid={cut_pid}," in line
+            ]
+
+        # The task's result must outlive the connection it would have gone out on: drop that
+        # connection now (the ZMTP heartbeat TTL drops it too, but not in every run), so that
+        # the finished task's result waits for a new connection, made after the heal.
+        for port in sink_ports():
+            w_cut.run(["ss", "-K", "state", "established", f"( sport = :{port} )"])
+        wait_until(lambda: not sink_ports(), 10, "the cut worker process's connection to close")
+        Path(files["gate-" + cut_label]).touch()
+        wait_until(
+            lambda: cut_label in labels(files["done"]),
+            RESULT_TIMEOUT,
+            lambda: "the partitioned task to finish" + all_logs(),
+        )
+        lab.heal(w_cut)
+        Path(files["healed"]).touch()
+        wait_until(file_or_fail("late"), 60, lambda: "the late result to be dropped" + all_logs())
+    finally:
+        supervisor.send_signal(signal.SIGCONT)
 
     try:
         executor.wait(timeout=90)
@@ -959,6 +998,10 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
         f"partition detected after {report['lost_after']:.1f}s > {LOST_DEADLINE}s" + all_logs()
     )
     assert "WorkerLostError" in report["lost_final"], "the lost future changed state"
+    # Its task finished during the partition; the late result arrived after the heal and was
+    # discarded (no future resolved twice: see below).
+    assert report["late_discarded"] >= 1
+    assert "WorkerLostError" in report["lost_after_late"], "the late result changed the future"
     marker_labels = labels(files["marker"])
     assert marker_labels == {cut_label: 1, stay_label: 1}, marker_labels
     # Work queued after the cut ran on the host that stayed connected.
