@@ -5,13 +5,17 @@ Worker hosts are ``python -m zmqexecutor worker`` subprocesses (mode 2: the exec
 loopback) started in their own session, so that "the host dies" is a SIGKILL to the whole
 process group: the supervisor and its worker processes at once, with nobody left to report.
 Heartbeats are shortened (HB_INTERVAL / HB_TIMEOUT) on both sides so that losses are detected in
-about a second and a half.
+about three seconds. Not shorter: on a loaded machine (CI, 30 runs in a row) a healthy host's
+heartbeat can be late by a second or more, and a false loss fails tests for the wrong reason.
+Upper bounds on how long something may take are the promised time plus LOAD_SLACK; the tests
+otherwise assert order and counts, not seconds.
 
 Exec counts come from exec markers: each task appends ``pid pgid netns label`` to a file with
 one O_APPEND write (crash_cases.record). The process group id tells which worker host ran it.
 
 Every wait is on a condition with a deadline; the only fixed durations are parts of a scenario
-(how long a partition lasts, how long a queued task must keep waiting) and never synchronize.
+(how long a queued task must keep waiting, how long a hung task must not be declared lost) and
+never synchronize.
 """
 
 from __future__ import annotations
@@ -53,14 +57,16 @@ from netns import (
 )
 from netns import wait_until as wait_or_raise
 
-from zmqexecutor._defaults import LOST_RESULT_GRACE
+from zmqexecutor._defaults import LOST_RESULT_GRACE, TICK
 
 HB_INTERVAL = 0.2
-HB_TIMEOUT = 1.5
+HB_TIMEOUT = 3.0
 HB: dict[str, float] = {"heartbeat_interval": HB_INTERVAL, "heartbeat_timeout": HB_TIMEOUT}
 HB_ARGS = ["--heartbeat-interval", str(HB_INTERVAL), "--heartbeat-timeout", str(HB_TIMEOUT)]
+#: how late a loaded machine may make a timer-driven event (a loss, a timeout) in these tests
+LOAD_SLACK = 5.0
 #: a lost host's running task must fail within heartbeat_timeout plus this
-LOST_MARGIN = 3.0
+LOST_MARGIN = LOAD_SLACK
 LOST_DEADLINE = HB_TIMEOUT + LOST_MARGIN
 LOOPBACK = "tcp://127.0.0.1:*"
 #: Loopback endpoints without a token: these tests are about faults, not authentication.
@@ -311,12 +317,15 @@ def test_retry_after_host_loss_runs_on_other_host(
 # ---------------------------------------------------------------------------- F-07
 
 
+TASK_TIMEOUT = 2.0
+
+
 @pytest.mark.timeout(60)
 def test_task_timeout_kills_hung_task(make_executor: Callable[..., Any], tmp_path: Path) -> None:
     """F-07 with task_timeout=2: TaskTimeoutError after about 2 s, the slot is reused."""
     from zmqexecutor import TaskTimeoutError
 
-    ex = make_executor(max_workers=1, task_timeout=2)
+    ex = make_executor(max_workers=1, task_timeout=TASK_TIMEOUT)
     first_pid = ex.submit(os.getpid).result(timeout=RESULT_TIMEOUT)  # the worker is up
     marker = tmp_path / "spin.marker"
     t0 = time.monotonic()
@@ -324,7 +333,10 @@ def test_task_timeout_kills_hung_task(make_executor: Callable[..., Any], tmp_pat
     exc = fut.exception(timeout=RESULT_TIMEOUT)
     elapsed = time.monotonic() - t0
     assert isinstance(exc, TaskTimeoutError), repr(exc)
-    assert 1.5 <= elapsed <= 8.0, f"TaskTimeoutError after {elapsed:.1f}s, expected about 2s"
+    # never before the timeout; after it, at the supervisor's next look (TICK), give or take load
+    assert TASK_TIMEOUT <= elapsed <= TASK_TIMEOUT + TICK + LOAD_SLACK, (
+        f"TaskTimeoutError after {elapsed:.1f}s, expected about {TASK_TIMEOUT}s"
+    )
     ((spin_pid, *_),) = cc.read_marker(marker)
     assert spin_pid == first_pid
     wait_until(lambda: is_dead(spin_pid), 10, "the hung task's process to be killed")
@@ -350,9 +362,9 @@ def test_hung_task_without_timeout_keeps_running(
     (busy,) = [h for h in hosts if h.pid == spin_pgid]
     (free,) = [h for h in hosts if h is not busy]
 
-    # For 3 heartbeat timeouts, work keeps flowing to the free host; the spinning host is not
-    # declared lost (its supervisor heartbeats while its only worker process spins).
-    deadline = time.monotonic() + 3 * HB_TIMEOUT
+    # For longer than a heartbeat timeout, work keeps flowing to the free host; the spinning
+    # host is not declared lost (its supervisor heartbeats while its only worker process spins).
+    deadline = time.monotonic() + 1.5 * HB_TIMEOUT
     ran = 0
     while time.monotonic() < deadline:
         batch = [ex.submit(cc.where, i) for i in range(5)]
@@ -363,10 +375,11 @@ def test_hung_task_without_timeout_keeps_running(
         assert not spin.done(), f"the hung task's future resolved: {spin!r}"
     assert spin.running()
     assert ran >= 5
+    assert {w.pid for w in ex.stats().workers if busy.owns(w.pid)}, "the busy host was dropped"
 
-    t0 = time.monotonic()
+    # shutdown(wait=False) returns while the task spins on (it would for another minute).
     ex.shutdown(wait=False, cancel_futures=True)
-    assert time.monotonic() - t0 < 2.0, "shutdown(wait=False) blocked"
+    assert spin.running(), "shutdown(wait=False) returned only after the spinning task ended"
     busy.kill()  # nobody else will stop the spinning task; the executor may now let go
 
 
@@ -392,7 +405,7 @@ def test_initializer_fails_on_one_host(
         lambda: "bad init" in bad.log() or "bad init" in caplog.text,
         what=lambda: "the bad host's initializer to fail" + host_logs(bad),
     )
-    assert holds_for(lambda: not any(f.done() for f in futures), 2 * HB_TIMEOUT), (
+    assert holds_for(lambda: not any(f.done() for f in futures), HB_TIMEOUT), (
         f"futures resolved with only the refused host connected: {futures[:3]}" + host_logs(bad)
     )
 
@@ -645,7 +658,7 @@ def test_all_workers_gone_then_a_new_one(
         assert isinstance(exc, WorkerLostError), repr(exc)
     elapsed = time.monotonic() - t0
     assert elapsed <= LOST_DEADLINE, f"losses detected after {elapsed:.1f}s"
-    assert holds_for(lambda: not any(f.done() for f in queued), 2 * HB_TIMEOUT), (
+    assert holds_for(lambda: not any(f.done() for f in queued), HB_TIMEOUT), (
         f"queued futures must wait for a worker: {[f for f in queued if f.done()][:3]}"
     )
     assert cc.read_marker(queued_marker) == []
@@ -658,12 +671,15 @@ def test_all_workers_gone_then_a_new_one(
     assert labels(running_marker) == {"r0": 1, "r1": 1}
 
 
+NO_WORKER_TIMEOUT = 2.0
+
+
 @pytest.mark.timeout(60)
 def test_no_worker_timeout(make_executor: Callable[..., Any]) -> None:
     """F-13: no worker ever connects; with no_worker_timeout=2 the queued futures fail."""
     from zmqexecutor import NoWorkersError
 
-    ex = make_executor(listen=LOOPBACK, **INSECURE, no_worker_timeout=2, **HB)
+    ex = make_executor(listen=LOOPBACK, **INSECURE, no_worker_timeout=NO_WORKER_TIMEOUT, **HB)
     t0 = time.monotonic()
     futures = [ex.submit(abs, -i) for i in range(3)]
     for f in futures:
@@ -672,7 +688,9 @@ def test_no_worker_timeout(make_executor: Callable[..., Any]) -> None:
         assert isinstance(exc, cf.BrokenExecutor)
         assert "worker" in str(exc).lower(), f"not a clear message: {exc!r}"
     elapsed = time.monotonic() - t0
-    assert 1.5 <= elapsed <= 8.0, f"NoWorkersError after {elapsed:.1f}s, expected about 2s"
+    assert NO_WORKER_TIMEOUT <= elapsed <= NO_WORKER_TIMEOUT + TICK + LOAD_SLACK, (
+        f"NoWorkersError after {elapsed:.1f}s, expected about {NO_WORKER_TIMEOUT}s"
+    )
 
 
 # ---------------------------------------------------------------------------- F-14
