@@ -237,22 +237,39 @@ def record_and_block(
     return result
 
 
+def record_and_sleep(marker: str, seconds: float, value: Any = None) -> Any:
+    """Record an exec marker labelled ``value``, sleep ``seconds`` (a long task that can be
+    killed from outside mid-run), and return ``value``."""
+    record(marker, value)
+    time.sleep(seconds)
+    return value
+
+
+class MkdirAtUnpickle:
+    """Creates the directory ``path`` when unpickled: a result that proves it was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return os.mkdir, (self.path,)
+
+
+def block_then_return_bait(
+    marker: str, gate: str, label: str, canary: str, done_marker: str
+) -> MkdirAtUnpickle:
+    """Record an exec marker, wait for ``gate``, record ``done_marker``, and return a result
+    whose unpickling creates ``canary`` (a spy for results that must never be loaded)."""
+    record(marker, label)
+    block_until(gate)
+    record(done_marker, label)
+    return MkdirAtUnpickle(canary)
+
+
 def record_and_exit(marker: str, code: int = 1) -> NoReturn:
     """Record an exec marker, then kill this process with ``os._exit(code)``: a poison task."""
     record(marker, "exit")
     os._exit(code)
-
-
-def exit_on_first_attempt(flag: str, marker: str, value: Any) -> Any:
-    """Record an exec marker; the first time (``flag`` does not exist yet) create ``flag`` and
-    ``os._exit(1)``; afterwards return ``value``."""
-    record(marker, value)
-    try:
-        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return value
-    os.close(fd)
-    os._exit(1)
 
 
 def record_and_spin(marker: str, limit: float = 2 * GATE_TIMEOUT) -> NoReturn:

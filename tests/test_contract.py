@@ -615,8 +615,15 @@ def test_hang_issue12364(ex2: ZmqExecutor) -> None:
 
 
 def test_shutdown_race_issue12456(ex2: ZmqExecutor) -> None:
-    ex2.map(str, [2] * 3)
+    # CPython #12456: shutdown() at once after map(), before the workers have even registered,
+    # must neither hang nor drop the calls map() queued: all three ran when it returns.
+    results = ex2.map(str, [2] * 3, timeout=RESULT_TIMEOUT)
     ex2.shutdown()
+    stats = ex2.stats()
+    assert (stats.done, stats.pending, stats.running) == (3, 0, 0), (
+        f"shutdown(wait=True) returned with the mapped calls unfinished: {stats!r}"
+    )
+    assert list(results) == ["2"] * 3
 
 
 def test_shutdown_wait_true_waits_for_running_task(ex2: ZmqExecutor, gates: Gates) -> None:

@@ -352,53 +352,81 @@ def test_asyncio_gather_runs_tasks_concurrently_on_workers(
     assert mixed == [2**i for i in range(5)] + [3**i for i in range(5)]
 
 
+#: how long a task waits at a gate that a coroutine must open: short, so that a loop that
+#: never ran the coroutine fails the test quickly
+ASYNC_GATE_TIMEOUT = 10.0
+
+
 @pytest.mark.timeout(60)
 def test_asyncio_loop_stays_responsive_and_errors_propagate(ex2: ZmqExecutor, gates: Gates) -> None:
     gate = gates()
 
-    async def main() -> int:
+    async def main() -> list[bool]:
         loop = asyncio.get_running_loop()
         blocked = asyncio.wrap_future(
-            ex2.submit(cc.block_until, str(gate.path), "opened", str(gate.started))
+            ex2.submit(
+                cc.block_until, str(gate.path), "opened", str(gate.started), ASYNC_GATE_TIMEOUT
+            )
         )
-        while not gate.started.exists():  # bounded by the test's timeout
-            await asyncio.sleep(0.005)
-        ticks = 0
-        for _ in range(5):  # the loop runs while a remote task blocks
-            await asyncio.sleep(0.01)
-            ticks += 1
-        assert not blocked.done()
-        gate.open()
-        assert await asyncio.wait_for(blocked, RESULT_TIMEOUT) == "opened"
+        seen: list[bool] = []  # blocked.done() at each tick
+
+        async def ticker() -> None:
+            """Ticks while the remote task blocks, then opens its gate: the task can only
+            finish if the loop kept running other coroutines while it was awaited."""
+            while not gate.started.exists():
+                await asyncio.sleep(0.005)
+            for _ in range(5):
+                seen.append(blocked.done())
+                await asyncio.sleep(0.01)
+            gate.open()
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            value = await asyncio.wait_for(blocked, RESULT_TIMEOUT)
+        except TimeoutError as e:
+            pytest.fail(f"the loop did not run the ticker while the task was awaited: {e!r}")
+        assert value == "opened"
+        await ticking
         with pytest.raises(ValueError, match="bad item 3") as info:
             await asyncio.wait_for(loop.run_in_executor(ex2, fail_on, 3, 3), RESULT_TIMEOUT)
         assert "Traceback" in str(info.value.__cause__)  # the remote traceback came along
-        return ticks
+        return seen
 
-    assert asyncio.run(main()) == 5
+    assert asyncio.run(main()) == [False] * 5, "ticks did not all happen while the task blocked"
 
 
 @pytest.mark.timeout(60)
 def test_asyncio_cancel_reaches_a_queued_task(
-    make_executor: Callable[..., ZmqExecutor], gates: Gates
+    make_executor: Callable[..., ZmqExecutor], gates: Gates, tmp_path: Path
 ) -> None:
     ex = make_executor(max_workers=1)
     gate = gates()
+    marker = tmp_path / "cancelled-task-ran"
 
     async def main() -> cf.Future[Any]:
         busy = ex.submit(cc.block_until, str(gate.path), "busy", str(gate.started))
-        queued = ex.submit(abs, -5)  # waits: the only worker is busy
+        while not gate.started.exists():
+            await asyncio.sleep(0.005)
+        queued = ex.submit(cc.touch, str(marker), "ran")  # waits: the only worker is busy
         wrapped = asyncio.wrap_future(queued)
-        await asyncio.sleep(0.05)
+        while ex.stats().pending != 1:  # it is in the executor's queue, not yet sent
+            await asyncio.sleep(0.005)
         wrapped.cancel()
         with pytest.raises(asyncio.CancelledError):
             await wrapped
         gate.open()
         assert await asyncio.wait_for(asyncio.wrap_future(busy), RESULT_TIMEOUT) == "busy"
+        # (the wrapper passes the cancel on in a callback, which has run by now)
+        assert queued.cancelled(), f"the asyncio cancel did not reach the task: {queued!r}"
+        # One worker runs tasks in the order sent: had the cancelled task been sent, it would
+        # have run before this one.
+        after = asyncio.wrap_future(ex.submit(abs, -5))
+        assert await asyncio.wait_for(after, RESULT_TIMEOUT) == 5
         return queued
 
     queued = asyncio.run(main())
     assert queued.cancelled()
+    assert not marker.exists(), "the cancelled task ran"
 
 
 # ---------------------------------------------------------------------------- notebook cells

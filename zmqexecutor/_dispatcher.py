@@ -238,6 +238,8 @@ class Dispatcher(threading.Thread):
                     done=w.done,
                     failed=w.failed,
                     heartbeat_age=None if host is None else now - host.last_seen,
+                    task_ids=tuple(w.outstanding),
+                    ready=w.ready,
                 )
             )
         return ExecutorStats(
@@ -255,6 +257,7 @@ class Dispatcher(threading.Thread):
                 for h in core.hosts.values()
             ],
             pending_by_priority=core.pending.by_priority(),
+            host_ids=tuple(core.hosts),
         )
 
     # -- versions (asked from other threads, answered by this one) -------------------------

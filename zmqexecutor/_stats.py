@@ -17,6 +17,8 @@ class WorkerStats:
     done: int  #: results received (a value or the task's own exception)
     failed: int  #: tasks that raised
     heartbeat_age: float | None  #: seconds since its host was last heard from
+    task_ids: tuple[int, ...] = ()  #: ids of the tasks in flight on it, in the order sent
+    ready: bool = True  #: it said READY (initializer done) and may be sent tasks
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ExecutorStats:
     hosts: list[HostStats] = field(default_factory=list)
     #: tasks waiting at each priority (only those with any)
     pending_by_priority: dict[int, int] = field(default_factory=dict)
+    host_ids: tuple[str, ...] = ()  #: the worker hosts heard from and not (yet) declared lost
 
     def __str__(self) -> str:
         lines = [
