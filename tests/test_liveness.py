@@ -248,3 +248,14 @@ HostAgainstExecutor.TestCase.settings = settings(
     max_examples=300, stateful_step_count=60, deadline=None
 )
 test_host_against_executor = HostAgainstExecutor.TestCase
+
+
+def test_a_second_handshake_without_a_drop_ends_the_session() -> None:
+    """The connection was made anew with no drop seen (a restarted executor on the same
+    address while this host was frozen, seen in test_executor_restart under load): the
+    worker processes hold the old session and would wait forever, so the session ends."""
+    h = live()
+    over = h.executor_seen(2.0)
+    assert isinstance(over, SessionOver) and "anew" in over.reason
+    assert h.connected and h.known, "the new connection is up and knows us"
+    assert h.tick(2.1) is None

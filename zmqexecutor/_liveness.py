@@ -101,13 +101,21 @@ class HostLiveness:
             )
         return self._renew(reason)
 
-    def executor_seen(self, now: float) -> None:
+    def executor_seen(self, now: float) -> SessionOver | None:
         """A connection to the executor completed its handshake: it is alive now, and from
         now on it may know us (heartbeats queued before the connection arrive now, and
-        worker processes say HELLO), even before our next heartbeat."""
+        worker processes say HELLO), even before our next heartbeat.
+
+        A second handshake with no drop seen in between means the connection was made
+        anew, possibly to another executor on the same address (a restarted one, while
+        this host was frozen): the session is over, as after a drop."""
+        if self.connected:
+            self._reached = now
+            return SessionOver("the connection to the executor was made anew")
         self.connected = True
         if self._reached is None:
             self._reached = now
+        return None
 
     def connection_dropped(self, now: float) -> SessionOver | None:
         """The connection to the executor broke. None if none was up (nothing ends)."""

@@ -304,7 +304,7 @@ class Supervisor:
                 # would import asyncio: 30 ms, at shutdown, holding the GIL)
                 (event,) = struct.unpack_from("<H", frames[0])
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self._liveness.executor_seen(time.monotonic())
+                    over = self._liveness.executor_seen(time.monotonic()) or over
                 elif event == zmq.EVENT_DISCONNECTED:
                     over = self._liveness.connection_dropped(time.monotonic()) or over
         if over is None or self.stopping:
