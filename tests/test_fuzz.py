@@ -257,6 +257,7 @@ def test_fuzz_worker_inbox(
     assert pgids(ex, 2) == [host.pid] * 2
     ((worker_pid, inbox),) = inboxes_of(caplog, host, 1).items()
     session = ex._dispatcher.session  # the fuzzer forges tasks of this session
+    (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
     fuzzer = peers.authenticated(inbox, token)
     marker = tmp_path / "barrier.marker"
     fn = cloudpickle.dumps(cc.record, protocol=5)
@@ -271,7 +272,9 @@ def test_fuzz_worker_inbox(
         had handled everything sent before it."""
         task_id = next(next_id)
         args = cloudpickle.dumps(((str(marker), task_id), {}), protocol=5)
-        fuzzer.send(proto.encode_tasks(session, [(digest, fn)], [(task_id, digest, args, [])]))
+        fuzzer.send(
+            proto.encode_tasks(session, [(digest, fn)], [(task_id, digest, args, [])], worker_id)
+        )
         wait_until(
             lambda: (
                 any(label == str(task_id) for *_, label in cc.read_marker(marker))

@@ -415,9 +415,13 @@ def forged_results(session: bytes, sender: str, task_id: int, payload: bytes) ->
     return [bytes(f) for f in proto.encode_results(session, sender.encode(), [record])]
 
 
-def forged_tasks(session: bytes, task_id: int, fn: bytes, args: bytes) -> list[bytes]:
+def forged_tasks(
+    session: bytes, task_id: int, fn: bytes, args: bytes, recipient: str
+) -> list[bytes]:
     digest = os.urandom(16)
-    frames = proto.encode_tasks(session, [(digest, fn)], [(task_id, digest, args, [])])
+    frames = proto.encode_tasks(
+        session, [(digest, fn)], [(task_id, digest, args, [])], recipient.encode()
+    )
     return [bytes(f) for f in frames]
 
 
@@ -541,8 +545,10 @@ def test_s01_unauthenticated_peer_cannot_execute_code(
     attack(peers, ex.address, token, to_sink)
     # At each worker inbox: a TASKS message of this very session whose callable and arguments
     # are the canary.
-    for inbox in inboxes.values():
-        attack(peers, inbox, token, [forged_tasks(session, 10**9, bait(canary), bait(canary))])
+    ids = {w.pid: w.worker_id for w in ex.stats().workers}
+    for pid, inbox in inboxes.items():
+        forged = forged_tasks(session, 10**9, bait(canary), bait(canary), ids[pid])
+        attack(peers, inbox, token, [forged])
 
     assert not held.done(), f"an attacker resolved a future: {held!r}"
     gate.open()
@@ -1572,10 +1578,13 @@ def test_bi14_replayed_task_runs_once(
     assert fut.result(timeout=RESULT_TIMEOUT) == "orig"
 
     session = ex._dispatcher.session  # a replay carries the session id
-    replay = proto.encode_tasks(session, [(digest, fn_bytes)], [(task_id, digest, payload, [])])
+    (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
+    replay = proto.encode_tasks(
+        session, [(digest, fn_bytes)], [(task_id, digest, payload, [])], worker_id
+    )
     barrier_args, barrier_bufs = dump_args((str(marker), str(gate.path), "barrier"), {})
     barrier = proto.encode_tasks(
-        session, [(digest, fn_bytes)], [(10**12, digest, barrier_args, barrier_bufs)]
+        session, [(digest, fn_bytes)], [(10**12, digest, barrier_args, barrier_bufs)], worker_id
     )
     peer = peers.authenticated(inbox, token)
     peer.send(replay)
@@ -1588,6 +1597,46 @@ def test_bi14_replayed_task_runs_once(
     assert runs.count("orig") == 1, f"the replayed task ran again: {runs}"
     assert {pid for pid, *_ in cc.read_marker(marker)} == {worker_pid}
     assert pgids(ex, 2) == [host.pid] * 2
+
+
+@pytest.mark.timeout(90)
+def test_tasks_for_another_worker_process_are_dropped(
+    make_executor: Callable[..., Any],
+    worker_hosts: Callable[..., WorkerHost],
+    peers: Peers,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """TASKS name the worker process they are for: a process that took over a dead one's
+    port (fixed inbox ports) must not run what was sent to the dead one. A TASKS message for
+    another worker id, else valid, is dropped; one for this worker id then runs."""
+    from zmqexecutor._serialize import dump_args
+
+    caplog.set_level(logging.INFO, logger="zmqexecutor")
+    token = new_token()
+    marker = tmp_path / "exec.marker"
+    ex = make_executor(listen=LOOPBACK, token=token)
+    host = worker_hosts(ex.address, name="single", token=token)
+    ((worker_pid, inbox),) = inboxes_of(caplog, host, 1).items()
+    (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
+    session = ex._dispatcher.session  # forged tasks carry the session id
+    digest, fn_bytes = ex._pickle_function(cc.record)
+
+    def tasks(task_id: int, label: str, recipient: bytes) -> list[Any]:
+        args, bufs = dump_args((str(marker), label), {})
+        return proto.encode_tasks(
+            session, [(digest, fn_bytes)], [(task_id, digest, args, bufs)], recipient
+        )
+
+    peer = peers.authenticated(inbox, token)
+    peer.send(tasks(10**12, "not-mine", b"f" * 16))
+    peer.send(tasks(10**12 + 1, "mine", worker_id))
+    wait_until(
+        lambda: any(label == "mine" for *_, label in cc.read_marker(marker)),
+        what=lambda: "the task for this worker process to run" + host_logs(host),
+    )
+    assert [label for *_, label in cc.read_marker(marker)] == ["mine"]
+    assert "TASKS for another worker process" in host.log()
 
 
 @pytest.mark.timeout(90)

@@ -80,6 +80,7 @@ class Link:
     """The executor's end of one worker process: its PUSH socket and the callables it holds."""
 
     push: zmq.Socket[bytes]
+    worker_id: bytes
     #: callables the worker holds; evicted in insertion order exactly as the worker does
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
@@ -442,7 +443,7 @@ class Dispatcher(threading.Thread):
         functions: list[tuple[bytes, bytes]],
         tasks: list[tuple[Any, ...]],
     ) -> None:
-        frames = proto.encode_tasks(self.session, functions, tasks)
+        frames = proto.encode_tasks(self.session, functions, tasks, link.worker_id)
         self.bytes_sent += sum(memoryview(f).nbytes for f in frames)
         link.push.send_multipart(frames, copy=len(frames) == 1)  # zero-copy only pays for buffers
 
@@ -568,7 +569,7 @@ class Dispatcher(threading.Thread):
             time.monotonic(),
             resources,
         )
-        self.links[worker_id] = Link(push)
+        self.links[worker_id] = Link(push, worker_id.encode())
         self._note_versions(w, body)
         push.send_multipart(
             [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]

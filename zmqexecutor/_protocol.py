@@ -44,12 +44,13 @@ _MAX_EXTRA = 2**16 - 1
 # RESULTS index: one record per result.
 _RESULT_RECORD = struct.Struct("<qBIHI")  # task id, status, payload length, buffers, run µs
 _MAX_MICROS = 2**32 - 1
-#: RESULTS index: the sending worker's id first
-SENDER = struct.Struct("<16s")
+#: RESULTS index: the sending worker's id first; TASKS index: the receiving worker's id
+#: first (a process that took over a dead one's port must not run what was meant for it)
+SENDER = RECIPIENT = struct.Struct("<16s")
 #: bytes a TASKS or RESULTS frame holds besides the pickles of its one task or result: a
 #: pickle may be at most this much under the frame limit (ZMQ_MAXMSGSIZE)
 RECORD_OVERHEAD = (
-    HEADER.size + max(_TASKS_COUNTS.size + _FN_RECORD.size + _TASK_RECORD.size,
+    HEADER.size + max(RECIPIENT.size + _TASKS_COUNTS.size + _FN_RECORD.size + _TASK_RECORD.size,
                       SENDER.size + _RESULT_RECORD.size)
 )  # fmt: skip
 
@@ -165,16 +166,19 @@ def encode_tasks(
     session: bytes,
     functions: Sequence[tuple[bytes, bytes]],
     tasks: Sequence[tuple[Any, ...]],
+    recipient: bytes,
 ) -> list[Any]:
     """Frames of one TASKS message.
 
     Args:
+        recipient: the id of the worker process it is for (it drops TASKS for another).
         functions: (digest, pickled callable) for callables the worker has not seen yet.
         tasks: (task id, callable digest, pickled (args, kwargs), out-of-band buffers) and,
             optionally, the resource units the task holds ({"GPU": [1]}).
     """
     parts = [
         header(Kind.TASKS, session, len(tasks)),
+        RECIPIENT.pack(recipient),
         _TASKS_COUNTS.pack(len(functions), len(tasks)),
     ]
     blob: list[bytes] = []
@@ -201,18 +205,22 @@ def _body(frames: Sequence[Any], what: str) -> memoryview:
     return memoryview(frames[0])[HEADER.size :]
 
 
-def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[TaskRecord]]:
-    """Return ({digest: pickled callable}, [TaskRecord]) or raise ProtocolError."""
+def decode_tasks(
+    frames: Sequence[Any],
+) -> tuple[bytes, dict[bytes, memoryview], list[TaskRecord]]:
+    """Return (recipient, {digest: pickled callable}, [TaskRecord]) or raise ProtocolError."""
     body = _body(frames, "TASKS")
     try:
-        n_fns, n_tasks = _TASKS_COUNTS.unpack_from(body, 0)
+        (recipient,) = RECIPIENT.unpack_from(body, 0)
+        n_fns, n_tasks = _TASKS_COUNTS.unpack_from(body, RECIPIENT.size)
     except struct.error:
         raise ProtocolError("TASKS index truncated") from None
-    index_size = _TASKS_COUNTS.size + n_fns * _FN_RECORD.size + n_tasks * _TASK_RECORD.size
+    start = RECIPIENT.size + _TASKS_COUNTS.size
+    index_size = start + n_fns * _FN_RECORD.size + n_tasks * _TASK_RECORD.size
     if len(body) < index_size:
         raise ProtocolError(f"TASKS frame of {len(body)} bytes, its index needs {index_size}")
     blob = body[index_size:]
-    pos = _TASKS_COUNTS.size
+    pos = start
     offset = 0
     functions: dict[bytes, memoryview] = {}
     for _ in range(n_fns):
@@ -239,7 +247,7 @@ def decode_tasks(frames: Sequence[Any]) -> tuple[dict[bytes, memoryview], list[T
         frame_no += n_bufs
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("TASKS lengths do not match the frames")
-    return functions, tasks
+    return recipient, functions, tasks
 
 
 def _parse_units(data: memoryview) -> dict[str, list[int]]:

@@ -79,6 +79,7 @@ class WorkerProcess:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.worker_id: str = config["worker_id"]
+        self._id_bytes = self.worker_id.encode()
         self.origin = f"worker {socket.gethostname()} pid {os.getpid()}"
         self.status = StatusFile(config["status"])
         self.session = proto.NO_SESSION
@@ -291,7 +292,9 @@ class WorkerProcess:
                     continue
                 if kind is not Kind.TASKS:
                     raise proto.ProtocolError(f"unexpected {kind.name}")
-                functions, tasks = proto.decode_tasks(frames)
+                recipient, functions, tasks = proto.decode_tasks(frames)
+                if recipient != self._id_bytes:
+                    raise proto.ProtocolError("TASKS for another worker process")
             except proto.ProtocolError as e:
                 log.warning("%s dropped a bad message: %s", self.origin, e)
                 continue
