@@ -6,11 +6,14 @@ Every message is a list of frames whose first frame is the header::
     magic "ZMQX" | version u8 | kind u8 | flags u16 | session 8 bytes | count u32
 
 Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, ...) are the header frame and
-one JSON frame: nothing in them is unpickled. TASKS and RESULTS are one frame of header,
+one JSON frame: nothing in them is unpickled. The one exception is WELCOME's third frame,
+the pickled initializer, which comes from the executor a worker registered with (over an
+authenticated connection, like every task). TASKS and RESULTS are one frame of header,
 packed index and blob (the small pickles side by side; one frame, because every frame costs
 microseconds on the way), then one frame per out-of-band (pickle protocol 5) buffer, so
 large arrays travel without a copy. The index's size follows from the counts, and every
-length is checked against the frames before anything is sliced.
+length is checked against the frames before anything is sliced. A TASKS index starts with
+the id of the worker process it is for, a RESULTS index with the id of the one it is from.
 """
 
 from __future__ import annotations
