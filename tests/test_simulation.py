@@ -767,6 +767,15 @@ def test_random_walks() -> None:
         random_walk(seed)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_random_walks_long() -> None:
+    """``make test-slow``: 40 times the walks of ``make test``, from other seeds, and
+    twice as deep."""
+    for seed in range(10**6, 10**6 + 40 * WALKS):
+        random_walk(seed, 2 * WALK_STEPS)
+
+
 SchedulerSimulation.TestCase.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=40,
@@ -807,3 +816,60 @@ def test_retry_resolves_after_the_grace_of_finished_results() -> None:
     assert [i.future.result(timeout=0) for i in state.items] == [i.task_id for i in state.items]
     assert sorted(state.exec_count.values()) == [1, 2, 2]
     state.teardown()
+
+
+def test_cancel_futures_keeps_a_task_that_came_back_unstarted() -> None:
+    """shutdown(cancel_futures=True) popped every queued task and cancelled it; a task that
+    had come back unstarted from a dead worker has a running future, which cancel() refuses,
+    so it was dropped and its future never ended (the old executor code; found again by the
+    walks when put back)."""
+    state = SchedulerSimulation()
+    state.setup(max_retries=0, prefetch=2, max_tasks=None, hosts=1)
+    state.submit(n=2, digest=DIGESTS[0])
+    (host,) = state.hosts
+    first = state.add_worker(host)
+    state.work_on(first, 1)  # runs the first, holds the second unstarted
+    state.die_now(first)  # the first fails, the second goes back to the queue
+    state.shutdown(cancel_futures=True)
+    state.every_task_is_in_exactly_one_place()
+    state.teardown()
+    assert state.items[1].future.result(timeout=0) == state.items[1].task_id
+
+
+def test_a_stalled_executor_keeps_its_hosts() -> None:
+    """The executor itself stood still past heartbeat_timeout: its first tick after that
+    must not declare every host lost before it has read their heartbeats."""
+    state = SchedulerSimulation()
+    state.setup(max_retries=0, prefetch=None, max_tasks=None, hosts=2)
+    state.stall()  # asserts that no host that kept beating was declared lost
+
+
+def test_a_lost_host_does_not_come_back_by_a_late_heartbeat() -> None:
+    state = SchedulerSimulation()
+    state.setup(max_retries=0, prefetch=None, max_tasks=None, hosts=1)
+    (host,) = state.hosts
+    assert state.core is not None
+    old = host.host_id
+    host.frozen, host.frozen_at = True, state.now
+    state.advance(HB_TIMEOUT + 0.5)
+    assert old not in state.core.hosts
+    state.core.heartbeat(old, host.name, state.now)
+    assert old not in state.core.hosts
+
+
+def test_a_dead_workers_resources_are_free_at_once() -> None:
+    """A worker died holding a finished GPU task whose result may still come (its grace
+    period): the GPU is free again at once, not after the grace. Found by the walks' check
+    that only live workers hold resources."""
+    state = SchedulerSimulation()
+    state.setup(max_retries=0, prefetch=2, max_tasks=None, hosts=1, gpus=(1, 0, 0))
+    (host,) = state.hosts
+    first = state.add_worker(host)
+    state.submit(n=1, digest=DIGESTS[0], resources={"GPU": 1})
+    state.work_on(first, 1)
+    state.finish(first, 0.001)  # finished; its result is not sent yet
+    state.die_now(first)
+    second = state.add_worker(host)
+    state.submit(n=1, digest=DIGESTS[0], resources={"GPU": 1})
+    assert len(second.inbox) == 1, "the GPU was still held by the dead worker's task"
+    state.resources_never_overcommitted()
