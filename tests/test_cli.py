@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import crash_cases as cc
 import pytest
@@ -184,3 +185,21 @@ def test_stats_under_load(gates: Gates) -> None:
         assert sum(w.done for w in s.workers) == 13 and sum(w.failed for w in s.workers) == 1
         assert s.bytes_sent > 0 and s.bytes_received > 0
         assert "in flight" in str(s)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"processes": 0}, "--processes must be at least 1"),
+        ({"max_tasks_per_child": 0}, "--max-tasks-per-child must be at least 1"),
+        ({"idle_timeout": 0}, "--idle-timeout must be > 0"),
+        ({"heartbeat_interval": 2.0, "heartbeat_timeout": 1.0}, "--heartbeat-interval <"),
+        ({"resources": "GPU=-1"}, "non-negative"),
+    ],
+)
+def test_run_worker_makes_the_checks_the_cli_makes(kwargs: dict[str, Any], message: str) -> None:
+    """Library callers get the command line's checks (they live in run_worker)."""
+    from zmqexecutor import run_worker
+
+    with pytest.raises(ValueError, match=message):
+        run_worker("tcp://127.0.0.1:5555", insecure=True, **kwargs)

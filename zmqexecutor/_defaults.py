@@ -75,3 +75,10 @@ HANDSHAKE_TIMEOUT = 10.0
 #: programs it starts that loop over every possible fd (or use select()) are not slowed or
 #: broken by a limit of a million
 OPEN_FILES_WANTED = 65536
+
+
+def log_format() -> str:
+    """The log line of a worker host and its worker processes: time, host, logger[pid]."""
+    import socket
+
+    return f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s %(message)s"

@@ -35,6 +35,7 @@ from ._defaults import (
     RESULT_BATCH_WINDOW,
     TICK,
     WORKER_EXIT_TIMEOUT,
+    log_format,
 )
 from ._net import (
     Endpoint,
@@ -462,8 +463,7 @@ def child_main() -> None:
         sys.path[:] = config["sys_path"]
     logging.basicConfig(
         level=config.get("log_level", "WARNING"),
-        format=f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s "
-        "%(message)s",
+        format=log_format(),
     )
     # Ctrl-C in a terminal reaches the whole process group: the executor decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ from ._defaults import (
     ENV_LOG_LEVEL,
     ENV_TOKEN,
     ENV_TOKEN_FILE,
+    log_format,
 )
 from .errors import ConfigurationError
 
@@ -160,22 +160,10 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
 
     parser = worker_parser(prog)
     args = parser.parse_args(argv)
+    # every other rule is run_worker's, so library callers get the same checks
     if args.executor is None and args.listen is None:
         parser.error("give the executor's endpoint (EXECUTOR) or --listen ENDPOINT")
-    if args.processes is not None and args.processes < 1:
-        parser.error("--processes must be at least 1")
-    if args.max_tasks_per_child is not None and args.max_tasks_per_child < 1:
-        parser.error("--max-tasks-per-child must be at least 1")
-    if args.idle_timeout is not None and args.idle_timeout <= 0:
-        parser.error("--idle-timeout must be > 0")
-    if not 0 < args.heartbeat_interval < args.heartbeat_timeout:
-        parser.error("need 0 < --heartbeat-interval < --heartbeat-timeout")
-    logging.basicConfig(
-        level=args.log_level,
-        format=f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s "
-        "%(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=args.log_level, format=log_format(), stream=sys.stderr)
     if args.token is not None:
         logging.getLogger("zmqexecutor.security").warning(
             "--token is visible to other users of this host in the process list; "

@@ -91,9 +91,16 @@ def run_worker(
             "give the executor's endpoint (zmqexecutor-worker tcp://HEAD:5555) or --listen "
             "ENDPOINT to wait for an executor"
         )
-    processes = processes or os.cpu_count() or 1
+    if processes is None:
+        processes = os.cpu_count() or 1
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
+    if max_tasks_per_child is not None and max_tasks_per_child < 1:
+        raise ConfigurationError("--max-tasks-per-child must be at least 1")
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise ConfigurationError("--idle-timeout must be > 0")
+    if not 0 < heartbeat_interval < heartbeat_timeout:
+        raise ConfigurationError("need 0 < --heartbeat-interval < --heartbeat-timeout")
     try:
         ports = parse_port_range(inbox_ports, "--inbox-ports") if inbox_ports else None
         advertise_host, advertise_ports = parse_advertise(advertise) if advertise else (None, None)
