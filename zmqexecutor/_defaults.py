@@ -12,8 +12,6 @@ PREFETCH_BUDGET = 0.005
 MAX_PREFETCH = 256
 #: ...and only while at least this many tasks per ready slot wait in the executor's queue
 PREFETCH_BACKLOG = 4
-#: callables whose average run time the executor remembers
-DURATIONS_KEPT = 1024
 #: most tasks (or results) packed into one message
 DEFAULT_MAX_BATCH = 64
 #: a worker holds the results of short tasks for at most about this long (seconds) to batch

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, wait
 from dataclasses import dataclass, field
@@ -44,7 +44,6 @@ from ._security import Security
 from ._serialize import load_result
 from ._stats import ExecutorStats, HostStats, WorkerStats
 from ._versions import Versions, host_entry
-from ._worker_process import FN_SLOTS
 
 if TYPE_CHECKING:
     from .executor import ZmqExecutor
@@ -82,7 +81,7 @@ class Link:
     push: zmq.Socket[bytes]
     worker_id: bytes
     #: callables the worker holds; evicted in insertion order exactly as the worker does
-    functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    functions: proto.FunctionSlots[None] = field(default_factory=proto.FunctionSlots)
 
 
 class Dispatcher(threading.Thread):
@@ -422,20 +421,12 @@ class Dispatcher(threading.Thread):
         for item in items:
             if item.digest not in link.functions:
                 functions.append((item.digest, item.fn_bytes))
-                link.functions[item.digest] = None
-                if len(link.functions) > FN_SLOTS:
-                    link.functions.popitem(last=False)
+                link.functions.add(item.digest, None)
         tasks = [(i.task_id, i.digest, i.payload, i.buffers, i.units) for i in items]
-        # ZMQ_MAXMSGSIZE bounds each frame: keep every message's first frame under the limit
-        limit = self.settings.max_message_size
-        start, size = 0, sum(len(data) + proto.RECORD_OVERHEAD for _, data in functions)
-        for end, task in enumerate(tasks):
-            cost = len(task[2]) + proto.RECORD_OVERHEAD
-            if end > start and size + cost > limit:
-                self._send(link, functions, tasks[start:end])
-                functions, start, size = [], end, 0
-            size += cost
-        self._send(link, functions, tasks[start:])
+        costs = [len(t[2]) + proto.RECORD_OVERHEAD for t in tasks]
+        first = sum(len(data) + proto.RECORD_OVERHEAD for _, data in functions)
+        for start, end in proto.under_limit(costs, self.settings.max_message_size, first):
+            self._send(link, functions if start == 0 else [], tasks[start:end])
 
     def _send(
         self,

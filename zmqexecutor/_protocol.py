@@ -23,15 +23,18 @@ import json
 import platform
 import struct
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 import zmq
 
 from ._defaults import PROTOCOL_VERSION
 from ._versions import BASE, check_package_names, clean_version
+
+_V = TypeVar("_V")
 
 MAGIC = b"ZMQX"
 HEADER = struct.Struct("<4sBBH8sI")
@@ -317,6 +320,54 @@ def decode_results(frames: Sequence[Any]) -> tuple[bytes, list[ResultRecord]]:
     if offset != len(blob) or frame_no != len(frames):
         raise ProtocolError("RESULTS lengths do not match the frames")
     return sender, results
+
+
+# -- shared by both sides: limits and estimates they must agree on ---------------------------
+
+#: callables a worker process keeps; the executor tracks the same slots (FunctionSlots) so
+#: that it sends each callable exactly when the worker lacks it
+FN_SLOTS = 1024
+
+
+class FunctionSlots(OrderedDict[bytes, _V]):
+    """The callables a worker process holds, by digest, evicted oldest first beyond
+    FN_SLOTS: the worker keeps the callables, the executor the same keys."""
+
+    def add(self, digest: bytes, value: _V) -> None:
+        self[digest] = value
+        if len(self) > FN_SLOTS:
+            self.popitem(last=False)
+
+
+def frame_size(payload: bytes | memoryview, buffers: Sequence[Any], extra: int = 0) -> int:
+    """The largest frame a task or result makes: its pickle with its record (and ``extra``
+    bytes beside it, e.g. its callable), or its largest out-of-band buffer
+    (ZMQ_MAXMSGSIZE bounds every frame)."""
+    size = len(payload) + extra + RECORD_OVERHEAD
+    return max(size, *(memoryview(b).nbytes for b in buffers)) if buffers else size
+
+
+def under_limit(costs: Sequence[int], limit: int, first: int = 0) -> list[tuple[int, int]]:
+    """Split items of these ``costs`` into runs [start, end) whose sum stays under ``limit``
+    (the first run also carries ``first``); an item alone over the limit is a run of its
+    own, for the receiver to refuse. Every message's first frame stays under the limit."""
+    runs, start, size = [], 0, first
+    for end, cost in enumerate(costs):
+        if end > start and size + cost > limit:
+            runs.append((start, end))
+            start, size = end, 0
+        size += cost
+    runs.append((start, len(costs)))
+    return runs
+
+
+def learn_duration(durations: dict[bytes, float], digest: bytes, seconds: float) -> None:
+    """Update the moving average of a callable's run time (by digest), keeping the
+    FN_SLOTS most recent: how the executor sizes prefetch and a worker batches results."""
+    old = durations.get(digest)
+    durations[digest] = seconds if old is None else old + (seconds - old) / 8
+    if len(durations) > FN_SLOTS:
+        del durations[next(iter(durations))]
 
 
 # -- the version handshake (HELLO carries both; the executor refuses a mismatch) -------------

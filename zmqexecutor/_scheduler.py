@@ -58,7 +58,6 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_MESSAGE_SIZE,
-    DURATIONS_KEPT,
     LOST_HOSTS_KEPT,
     LOST_RESULT_GRACE,
     MAX_PREFETCH,
@@ -66,7 +65,7 @@ from ._defaults import (
     PREFETCH_BACKLOG,
     PREFETCH_BUDGET,
 )
-from ._protocol import ResultRecord
+from ._protocol import ResultRecord, learn_duration
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 
 log = logging.getLogger("zmqexecutor.dispatcher")
@@ -519,7 +518,7 @@ class Scheduler:
                 continue
             item = self._forget(w, record.task_id)
             assert item is not None  # owner and outstanding agree (invariant 1)
-            self._learn_duration(item.digest, record.duration)
+            learn_duration(self.durations, item.digest, record.duration)
             ok, value = load(record)
             w.done += 1
             if ok:
@@ -802,12 +801,6 @@ class Scheduler:
             w.unknown += 1
         else:
             w.queued += item.estimate
-
-    def _learn_duration(self, digest: bytes, duration: float) -> None:
-        old = self.durations.get(digest)
-        self.durations[digest] = duration if old is None else old + (duration - old) / 8
-        if len(self.durations) > DURATIONS_KEPT:
-            del self.durations[next(iter(self.durations))]
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -54,8 +54,6 @@ from .errors import ResultTooLargeError, TaskDeserializationError
 
 log = logging.getLogger("zmqexecutor.worker")
 
-#: callables a worker process keeps; the executor evicts in the same (insertion) order
-FN_SLOTS = 1024
 #: exit code of a worker process whose initializer failed
 EXIT_INIT_FAILED = 3
 #: exit code of a worker process (and its host) that the executor refused (versions)
@@ -87,7 +85,9 @@ class WorkerProcess:
         self.max_tasks: int | None = None
         self.tasks_done = 0
         self.draining = False
-        self.functions: OrderedDict[bytes, Callable[..., Any] | BaseException] = OrderedDict()
+        self.functions: proto.FunctionSlots[Callable[..., Any] | BaseException] = (
+            proto.FunctionSlots()
+        )
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
         self.seen: set[int] = set()
         #: moving average of each callable's run time here: may its results wait in a batch?
@@ -340,7 +340,7 @@ class WorkerProcess:
             self.status.finished(task.task_id)
             end = time.perf_counter()
             result.duration = end - start
-            self._learn_duration(task.digest, result.duration)
+            proto.learn_duration(self.durations, task.digest, result.duration)
             if not results:
                 held_since = start
             results.append(result)
@@ -355,12 +355,6 @@ class WorkerProcess:
         if self.draining:
             self._say_bye()
         return self.draining
-
-    def _learn_duration(self, digest: bytes, duration: float) -> None:
-        old = self.durations.get(digest)
-        self.durations[digest] = duration if old is None else old + (duration - old) / 8
-        if len(self.durations) > FN_SLOTS:
-            del self.durations[next(iter(self.durations))]
 
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
@@ -381,16 +375,7 @@ class WorkerProcess:
 
     def _check_size(self, result: ResultRecord) -> ResultRecord:
         """A result over the executor's frame limit becomes an error it can receive."""
-        if (
-            not result.buffers
-            and len(result.payload) + proto.RECORD_OVERHEAD <= self.max_message_size
-        ):
-            return result  # the common case, without building the max() below
-        size = max(
-            len(result.payload) + proto.RECORD_OVERHEAD,
-            *(memoryview(b).nbytes for b in result.buffers),
-            0,
-        )
+        size = proto.frame_size(result.payload, result.buffers)
         if size <= self.max_message_size:
             return result
         return error_result(
@@ -402,15 +387,9 @@ class WorkerProcess:
         )
 
     def _send_results(self, results: list[ResultRecord]) -> None:
-        # ZMQ_MAXMSGSIZE bounds each frame: keep each message's first frame under the limit
-        start, size = 0, 0
-        for end, result in enumerate(results):
-            cost = len(result.payload) + proto.RECORD_OVERHEAD
-            if end > start and size + cost > self.max_message_size:
-                self._send_result_batch(results[start:end])
-                start, size = end, 0
-            size += cost
-        self._send_result_batch(results[start:])
+        costs = [len(r.payload) + proto.RECORD_OVERHEAD for r in results]
+        for start, end in proto.under_limit(costs, self.max_message_size):
+            self._send_result_batch(results[start:end])
 
     def _send_result_batch(self, results: list[ResultRecord]) -> None:
         frames = proto.encode_results(self.session, self.worker_id.encode(), results)
@@ -423,9 +402,7 @@ class WorkerProcess:
         except BaseException as e:
             e.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
             fn = e
-        self.functions[digest] = fn
-        if len(self.functions) > FN_SLOTS:
-            self.functions.popitem(last=False)
+        self.functions.add(digest, fn)
 
     def _run_one(self, task: proto.TaskRecord) -> ResultRecord:
         fn = self.functions.get(task.digest)

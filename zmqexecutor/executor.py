@@ -372,11 +372,7 @@ class ZmqExecutor(Executor):
             )
             future.exception().__cause__ = e  # type: ignore[union-attr]
             return future
-        size = max(
-            len(fn_bytes) + len(payload) + proto.RECORD_OVERHEAD,
-            *(memoryview(b).nbytes for b in buffers),
-            0,
-        )
+        size = proto.frame_size(payload, buffers, extra=len(fn_bytes))
         if size > self._max_message_size:
             future.set_exception(
                 TaskTooLargeError(
