@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: protocol version carried in every message header; bump on any incompatible change
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: a worker process may hold tasks beyond the one it runs (prefetch) only while they are
 #: known to be short: at most this many seconds of expected work queued per slot...
@@ -68,3 +68,27 @@ HANDSHAKE_TIMEOUT = 10.0
 #: programs it starts that loop over every possible fd (or use select()) are not slowed or
 #: broken by a limit of a million
 OPEN_FILES_WANTED = 65536
+
+#: remote tasks' output (stdout, stderr) forwarded to the executor: each host sends at most
+#: this many bytes per second on average...
+OUTPUT_RATE = 256 * 1024
+#: ...and at most this many at once after a quiet spell; lines beyond are dropped (counted
+#: in ExecutorStats.output_dropped; the host still echoes them to its own terminal)
+OUTPUT_BURST = 1024 * 1024
+#: a forwarded line longer than this many bytes (characters at the executor) is cut
+OUTPUT_MAX_LINE = 16 * 1024
+#: a host sends one OUTPUT message at most this often (seconds) while output flows...
+OUTPUT_FLUSH_INTERVAL = 0.01
+#: ...or as soon as it holds this many bytes
+OUTPUT_BATCH = 64 * 1024
+#: OUTPUT messages a host queues for a slow executor before it drops new ones
+OUTPUT_SNDHWM = 16
+#: bytes of output queued for a writer thread (the executor's printer, a host's echo);
+#: past it, new lines are dropped and counted, so a blocked terminal stalls nothing else
+OUTPUT_QUEUE = 1024 * 1024
+#: at shutdown, an executor that had remote workers waits for their last output (it takes
+#: another path than the results, through the host's supervisor) until none has come for
+#: this long (seconds)...
+OUTPUT_SHUTDOWN_QUIET = 0.05
+#: ...but no longer than this in all
+OUTPUT_SHUTDOWN_MAX = 0.5

@@ -32,6 +32,11 @@ class ExecutorStats:
     bytes_received: int = 0
     protocol_errors: int = 0  #: bad messages dropped
     discarded_results: int = 0  #: late, replayed or misdirected results dropped
+    #: bytes of remote tasks' stdout and stderr printed here (``forward_output``)
+    output_bytes: int = 0
+    #: bytes of it dropped: over a host's rate limit, or while this process's stdout or
+    #: stderr was blocked
+    output_dropped: int = 0
 
     def __str__(self) -> str:
         lines = [

@@ -130,6 +130,13 @@ class ZmqExecutor(Executor):
             (undoing it could break another executor that relies on it). Their functions
             are pickled once per executor, as importable ones are: a worker sees the
             module's globals as they were when a function was first submitted.
+        forward_output: print what tasks on remote hosts write to stdout and stderr to
+            this process's ``sys.stdout`` and ``sys.stderr``, each line prefixed with its
+            origin, e.g. ``(hostA pid=123) ``. It arrives shortly after it is written,
+            possibly after the task's result; each host sends at most about 256 KiB/s
+            (``stats()`` counts what was dropped beyond). False: it stays on each host's
+            own terminal, and the hosts do not read it at all. Local worker processes
+            always write to this process's terminal directly, unprefixed.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -158,6 +165,7 @@ class ZmqExecutor(Executor):
         token_file: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ship_modules: Iterable[str | ModuleType] | str | ModuleType = (),
+        forward_output: bool = True,
     ) -> None:
         worker_list = list(workers or ())
         if max_workers is None:
@@ -291,6 +299,7 @@ class ZmqExecutor(Executor):
             task_ids=self._task_ids,
             before_detach=partial(_stop_supervisor, supervisor),
             local_host=supervisor.host_id if supervisor else None,
+            forward_output=forward_output,
             on_exit=partial(
                 _release, self._context, security, self._supervisor_thread, self._dir, self._mode
             ),
