@@ -178,7 +178,10 @@ class Supervisor:
         self._output_due = 0.0  #: when the next OUTPUT message may go
         if not in_executor:
             self._terminal = (_dup_or_devnull(1), _dup_or_devnull(2))
-            echo = Printer(echo_to(self._terminal), "zmqexecutor-echo") if echo_output else None
+            echo = None
+            if echo_output:
+                echo = Printer(echo_to(self._terminal), "zmqexecutor-echo")
+                echo.start()
             self._capture = OutputCapture(socket.gethostname(), time.monotonic(), echo)
 
     # -- control from other threads and signal handlers --

@@ -45,6 +45,7 @@ def run_worker(
     max_tasks_per_child: int | None = None,
     once: bool = False,
     idle_timeout: float | None = None,
+    echo_output: bool = True,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -72,6 +73,11 @@ def run_worker(
             own limit applies too; the lower one wins).
         once: serve one executor, then exit (for batch jobs).
         idle_timeout: exit after this many seconds without an executor.
+        echo_output: the worker processes' stdout and stderr, forwarded to the executor
+            (its ``forward_output``), are also written to this process's stdout and
+            stderr, all of it: also what the rate limit kept from the executor. An
+            executor with ``forward_output=False`` gets none, and the worker processes
+            write here directly, whatever this says.
 
     Returns:
         0 after a clean stop (SIGTERM lets running tasks finish first); EXIT_REFUSED if
@@ -138,6 +144,7 @@ def run_worker(
         max_tasks_per_child=max_tasks_per_child,
         once=once,
         idle_timeout=idle_timeout,
+        echo_output=echo_output,
     )
     interrupts = 0
 
