@@ -126,6 +126,7 @@ def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], tuple[Captured
 
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)  # as on a real host: buffering is ours to choose
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
     return env
 
