@@ -42,7 +42,13 @@ class ExecutorStats:
         lines = [
             f"tasks: {self.pending} pending, {self.running} running, {self.done} done, "
             f"{self.failed} failed; {self.bytes_sent:,} bytes sent, "
-            f"{self.bytes_received:,} received",
+            f"{self.bytes_received:,} received"
+            + (
+                f"; remote output: {self.output_bytes:,} bytes printed, "
+                f"{self.output_dropped:,} dropped"
+                if self.output_bytes or self.output_dropped
+                else ""
+            ),
             f"{'host':<20} {'pid':>7} {'slots':>5} {'in flight':>9} {'done':>8} {'failed':>6} "
             f"{'heartbeat':>9}",
         ]

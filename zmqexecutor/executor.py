@@ -464,7 +464,8 @@ class ZmqExecutor(Executor):
 
     def stats(self) -> ExecutorStats:
         """A snapshot: every worker (host, pid, slots, in flight, done, failed, heartbeat age),
-        tasks pending/running/done/failed, and bytes sent and received.
+        tasks pending/running/done/failed, bytes sent and received, and bytes of remote
+        tasks' output printed and dropped.
         ``print(executor.stats())`` shows it as a table."""
         return self._dispatcher.stats()
 
