@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, WorkerHost, host_logs, wait_until
+from conftest import TESTS_DIR, WorkerHost, free_tcp_port, host_logs, wait_until
 
 from zmqexecutor import _protocol as proto
 from zmqexecutor._defaults import OUTPUT_BURST, OUTPUT_MAX_LINE, OUTPUT_RATE
@@ -136,8 +136,11 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
     """Factory of CLI worker hosts connected to an executor; all stopped at teardown."""
     started: list[WorkerHost] = []
 
-    def start(address: str, processes: int = 1, *extra: str) -> WorkerHost:
-        args = [address, "--processes", str(processes), "--insecure", *HB_ARGS, *extra]
+    def start(address: str | None, processes: int = 1, *extra: str) -> WorkerHost:
+        """Connect to ``address`` (mode 2), or with None wait for an executor on the
+        endpoint given in ``extra`` as ``--listen ENDPOINT`` (mode 3)."""
+        where = [address] if address else []
+        args = [*where, "--processes", str(processes), "--insecure", *HB_ARGS, *extra]
         host = WorkerHost(args, tmp_path / f"host-{len(started)}.log", worker_env())
         started.append(host)
         return host
@@ -159,14 +162,21 @@ def lines_of(text: str) -> list[str]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["listen", "workers"])
 def test_stdout_and_stderr_arrive_prefixed(
     make_executor: Callable[..., Any],
     start_host: Callable[..., WorkerHost],
     out: Callable[[], tuple[Captured, Captured]],
+    mode: str,
 ) -> None:
     stdout, stderr = out()
-    ex = remote(make_executor)
-    host = start_host(ex.address)
+    if mode == "listen":  # mode 2: the host connects to the executor
+        ex = remote(make_executor)
+        host = start_host(ex.address)
+    else:  # mode 3: the executor attaches to a host waiting for it
+        endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+        host = start_host(None, 1, "--listen", endpoint)
+        ex = make_executor(workers=[endpoint], insecure=True, **HB)
     pid = ex.submit(say, "hello from afar").result(timeout=30)
     prefix = f"({HOST} pid={pid}) "
     wait_until(

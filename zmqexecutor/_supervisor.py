@@ -360,18 +360,23 @@ class Supervisor:
         assert self._capture is not None
         now = time.monotonic()
         # nothing to forward to without an executor (the echo still shows it)
-        forward = self._report is not None
+        forward = self._forwarding()
         for fd in [fd for fd in events if fd in self._capture.pipes]:
             if not self._capture.read(fd, now, forward):
                 self._poller.unregister(fd)
         capture = self._capture
-        if self._report is None:
+        if not forward:
             capture.take()  # the executor left meanwhile: the echo has shown them
             return
         if (capture.chunks and (now >= self._output_due or capture.full())) or (
             capture.dropped and now >= self._output_due + 1.0  # drops alone: once a second
         ):
             self._send_output(now)
+
+    def _forwarding(self) -> bool:
+        """Is there an executor to send output to? (DETACH forgets the sink at once, the
+        report socket only when the next executor attaches.)"""
+        return self._report is not None and self.sink is not None
 
     def _send_output(self, now: float) -> None:
         """One OUTPUT message, on a socket of its own: output never crowds out the
@@ -629,8 +634,8 @@ class Supervisor:
     def _close(self) -> None:
         if self._capture is not None:
             for fd in list(self._capture.pipes):  # the last words of the last processes
-                self._capture.read(fd, time.monotonic(), self._report is not None)
-            if self._capture.chunks and self._report is not None and self.sink is not None:
+                self._capture.read(fd, time.monotonic(), self._forwarding())
+            if self._capture.chunks and self._forwarding():
                 self._send_output(time.monotonic())
             self._capture.close()
         if self._terminal is not None:
