@@ -80,3 +80,28 @@ def log_format() -> str:
     import socket
 
     return f"%(asctime)s {socket.gethostname()} %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
+#: remote tasks' output (stdout, stderr) forwarded to the executor: each host sends at most
+#: this many bytes per second on average...
+OUTPUT_RATE = 256 * 1024
+#: ...and at most this many at once after a quiet spell; lines beyond are dropped (counted
+#: in ExecutorStats.output_dropped; the host still echoes them to its own terminal)
+OUTPUT_BURST = 1024 * 1024
+#: a forwarded line longer than this many bytes (characters at the executor) is cut
+OUTPUT_MAX_LINE = 16 * 1024
+#: a host sends one OUTPUT message at most this often (seconds) while output flows...
+OUTPUT_FLUSH_INTERVAL = 0.01
+#: ...or as soon as it holds this many bytes
+OUTPUT_BATCH = 64 * 1024
+#: OUTPUT messages a host queues for a slow executor before it drops new ones
+OUTPUT_SNDHWM = 16
+#: bytes of output queued for a writer thread (the executor's printer, a host's echo);
+#: past it, new lines are dropped and counted, so a blocked terminal stalls nothing else
+OUTPUT_QUEUE = 1024 * 1024
+#: at shutdown, an executor that had remote workers waits for their last output (it takes
+#: another path than the results, through the host's supervisor) until none has come for
+#: this long (seconds)...
+OUTPUT_SHUTDOWN_QUIET = 0.05
+#: ...but no longer than this in all
+OUTPUT_SHUTDOWN_MAX = 0.5

@@ -35,8 +35,9 @@ import cloudpickle
 import zmq
 
 from . import _protocol as proto
-from ._defaults import PROTOCOL_VERSION, TICK
+from ._defaults import OUTPUT_SHUTDOWN_MAX, OUTPUT_SHUTDOWN_QUIET, PROTOCOL_VERSION, TICK
 from ._net import recv_frames, set_heartbeats
+from ._output import Printer, prefixed, print_lines
 from ._protocol import Kind
 from ._resources import check_resources
 from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
@@ -102,6 +103,7 @@ class Dispatcher(threading.Thread):
         before_detach: Callable[[], None],
         on_exit: Callable[[], None],
         local_host: str | None = None,
+        forward_output: bool = True,
     ) -> None:
         super().__init__(name="zmqexecutor-dispatcher", daemon=True)
         self.session = os.urandom(8)
@@ -111,7 +113,14 @@ class Dispatcher(threading.Thread):
         self.sink_address = sink_address
         self.settings = settings
         self.security = security
-        self.welcome = settings.welcome()
+        # forward_output=False: the worker processes of remote hosts write to their host's
+        # terminal, so the hosts never read, send or rate-limit their output
+        self.welcome = {**settings.welcome(), "forward_output": forward_output}
+        self.forward_output = forward_output
+        #: prints remote tasks' output (started on the first OUTPUT message)
+        self.printer: Printer | None = None
+        self.output_dropped = 0  #: bytes the hosts dropped
+        self.remote_joined = False  #: a remote worker joined: wait for its output at the end
         self.initializer = initializer
         self.core = Scheduler(settings, task_ids, sink_address, local_host)
         self.links: dict[str, Link] = {}
@@ -258,6 +267,8 @@ class Dispatcher(threading.Thread):
             ],
             pending_by_priority=core.pending.by_priority(),
             host_ids=tuple(core.hosts),
+            output_bytes=self.printer.written if self.printer else 0,
+            output_dropped=self.output_dropped + (self.printer.dropped if self.printer else 0),
         )
 
     # -- versions (asked from other threads, answered by this one) -------------------------
@@ -490,6 +501,9 @@ class Dispatcher(threading.Thread):
                 float(timeout) if isinstance(timeout, (int, float)) else None,
             )
             return
+        if kind is Kind.OUTPUT:
+            self._on_output(frames)
+            return
         if session != self.session:
             raise proto.ProtocolError(f"{kind.name} from another session")
         if kind is Kind.RESULTS:
@@ -520,6 +534,33 @@ class Dispatcher(threading.Thread):
             )
         else:
             raise proto.ProtocolError(f"unexpected {kind.name} on the sink")
+
+    def _on_output(self, frames: list[Any]) -> None:
+        """Remote tasks' output: printed by the printer thread, so that a blocked stdout
+        never stalls this loop (a full queue drops lines and counts them)."""
+        if not self.forward_output:
+            return  # e.g. a worker process's warnings before it was WELCOMEd
+        host, chunks, dropped = proto.parse_output(frames)
+        self.output_dropped += dropped
+        if self.printer is None:
+            self.printer = Printer(print_lines, "zmqexecutor-output")
+            self.printer.start()
+        for chunk in chunks:
+            self.printer.put(chunk.stream, prefixed(host, chunk), len(chunk.text))
+
+    def _last_output(self) -> None:
+        """Print what remote tasks wrote just before their results came back: it is still
+        on its way, through the host's supervisor, and would be lost with the sink."""
+        now = time.monotonic()
+        end, quiet = now + OUTPUT_SHUTDOWN_MAX, now + OUTPUT_SHUTDOWN_QUIET
+        while (now := time.monotonic()) < min(end, quiet):
+            if not self.sink.poll(max(1, int((min(end, quiet) - now) * 1000))):
+                continue
+            with contextlib.suppress(zmq.Again, proto.ProtocolError):
+                frames = recv_frames(self.sink, zmq.NOBLOCK)
+                if proto.parse_header(frames[0])[0] is Kind.OUTPUT:
+                    self._on_output(frames)
+                    quiet = time.monotonic() + OUTPUT_SHUTDOWN_QUIET
 
     def _on_hello(self, body: dict[str, Any]) -> None:
         worker_id = str(body.get("id"))
@@ -562,6 +603,7 @@ class Dispatcher(threading.Thread):
         )
         self.links[worker_id] = Link(push, worker_id.encode())
         self._note_versions(w, body)
+        self.remote_joined = self.remote_joined or w.host_id != self.local_host
         push.send_multipart(
             [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]
         )
@@ -618,7 +660,11 @@ class Dispatcher(threading.Thread):
             with contextlib.suppress(zmq.ZMQError):
                 sock.send_multipart(detach, zmq.NOBLOCK)
             sock.close(linger=int(TICK * 1000))
+        if self.forward_output and self.remote_joined:
+            self._last_output()
         self.sink.close(linger=0)
+        if self.printer is not None:
+            self.printer.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.on_exit()

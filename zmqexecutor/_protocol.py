@@ -5,10 +5,10 @@ Every message is a list of frames whose first frame is the header::
 
     magic "ZMQX" | version u8 | kind u8 | flags u16 | session 8 bytes | count u32
 
-Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, ...) are the header frame and
-one JSON frame: nothing in them is unpickled. The one exception is WELCOME's third frame,
-the pickled initializer, which comes from the executor a worker registered with (over an
-authenticated connection, like every task). TASKS and RESULTS are one frame of header,
+Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, OUTPUT, ...) are the header
+frame and one JSON frame: nothing in them is unpickled. The one exception is WELCOME's third
+frame, the pickled initializer, which comes from the executor a worker registered with (over
+an authenticated connection, like every task). TASKS and RESULTS are one frame of header,
 packed index and blob (the small pickles side by side; one frame, because every frame costs
 microseconds on the way), then one frame per out-of-band (pickle protocol 5) buffer, so
 large arrays travel without a copy. The index's size follows from the counts, and every
@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import cloudpickle
 import zmq
 
-from ._defaults import PROTOCOL_VERSION
+from ._defaults import OUTPUT_MAX_LINE, PROTOCOL_VERSION
 from ._versions import BASE, check_package_names, clean_version
 
 _V = TypeVar("_V")
@@ -71,6 +71,7 @@ class Kind(enum.IntEnum):
     DIED = 6
     HEARTBEAT = 7
     VERSIONS = 8  #: a worker process's answer to ASK_VERSIONS
+    OUTPUT = 9  #: a host's worker processes wrote to stdout/stderr (see output())
     # executor -> worker (an inbox) or worker host (its rendezvous socket)
     WELCOME = 16
     TASKS = 17
@@ -163,6 +164,68 @@ def parse_control(frames: Sequence[Any], n_frames: int = 2) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProtocolError("control message body is not an object")
     return body
+
+
+# -- output of remote tasks ---------------------------------------------------------
+
+#: the streams of OUTPUT chunks, by file descriptor number
+STDOUT, STDERR = 1, 2
+
+
+@dataclass(slots=True)
+class OutputChunk:
+    """Whole lines (each ending in a newline) one worker process wrote to one stream."""
+
+    pid: int
+    stream: int  #: STDOUT or STDERR
+    text: str
+
+
+def output(host: str, chunks: Sequence[tuple[int, int, bytes]], dropped: int) -> list[bytes]:
+    """Frames of one OUTPUT message (host -> executor).
+
+    Args:
+        host: the host's name, shown in front of every line.
+        chunks: (pid, stream, whole lines as bytes); decoded as UTF-8, errors replaced.
+        dropped: bytes of output dropped on the host since its last OUTPUT message.
+    """
+    body = {
+        "host": host,
+        "chunks": [[pid, stream, data.decode("utf-8", "replace")] for pid, stream, data in chunks],
+        "dropped": dropped,
+    }
+    return control(Kind.OUTPUT, body)
+
+
+def parse_output(frames: Sequence[Any]) -> tuple[str, list[OutputChunk], int]:
+    """Return (host, chunks, bytes dropped on the host) of an OUTPUT message, or raise
+    ProtocolError. A line longer than OUTPUT_MAX_LINE characters is cut."""
+    body = parse_control(frames)
+    host, raw, dropped = body.get("host"), body.get("chunks"), body.get("dropped", 0)
+    if not isinstance(host, str) or not isinstance(raw, list) or not isinstance(dropped, int):
+        raise ProtocolError("OUTPUT without host, chunks or dropped")
+    chunks = []
+    for chunk in raw:
+        if not (isinstance(chunk, list) and len(chunk) == 3):
+            raise ProtocolError("OUTPUT chunk is not [pid, stream, text]")
+        pid, stream, text = chunk
+        if not isinstance(pid, int) or stream not in (STDOUT, STDERR) or not isinstance(text, str):
+            raise ProtocolError("OUTPUT chunk with a bad pid, stream or text")
+        if not text:
+            continue
+        if not text.endswith("\n"):
+            text += "\n"
+        if len(text) > OUTPUT_MAX_LINE + 1:  # only then may one of its lines be too long
+            text = "".join(cut_line(line + "\n") for line in text[:-1].split("\n"))
+        chunks.append(OutputChunk(pid, stream, text))
+    return host[:255], chunks, max(0, dropped)
+
+
+def cut_line(line: str) -> str:
+    """``line`` (ending in a newline) cut to OUTPUT_MAX_LINE characters, marked as cut."""
+    if len(line) <= OUTPUT_MAX_LINE + 1:
+        return line
+    return line[:OUTPUT_MAX_LINE] + " [cut]\n"
 
 
 # -- tasks ---------------------------------------------------------------------------

@@ -48,12 +48,23 @@ class ExecutorStats:
     #: tasks waiting at each priority (only those with any)
     pending_by_priority: dict[int, int] = field(default_factory=dict)
     host_ids: tuple[str, ...] = ()  #: the worker hosts heard from and not (yet) declared lost
+    #: bytes of remote tasks' stdout and stderr printed here (``forward_output``)
+    output_bytes: int = 0
+    #: bytes of it dropped: over a host's rate limit, or while this process's stdout or
+    #: stderr was blocked
+    output_dropped: int = 0
 
     def __str__(self) -> str:
         lines = [
             f"tasks: {self.pending} pending, {self.running} running, {self.done} done, "
             f"{self.failed} failed; {self.bytes_sent:,} bytes sent, "
-            f"{self.bytes_received:,} received",
+            f"{self.bytes_received:,} received"
+            + (
+                f"; remote output: {self.output_bytes:,} bytes printed, "
+                f"{self.output_dropped:,} dropped"
+                if self.output_bytes or self.output_dropped
+                else ""
+            ),
             f"{'host':<20} {'pid':>7} {'slots':>5} {'in flight':>9} {'done':>8} {'failed':>6} "
             f"{'heartbeat':>9}",
         ]

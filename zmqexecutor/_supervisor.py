@@ -10,6 +10,7 @@ have declared the host lost.
     PULL sink <---------------------- PUSH         (each worker process: HELLO, RESULTS, BYE)
               <---------------------- PUSH         (the supervisor: DIED, HEARTBEAT)
     PUSH attach --------------------> PULL rendezvous (the supervisor; only with --listen)
+              <---------------------- PUSH         (the supervisor: OUTPUT, see _output.py)
 
 It runs in the ``zmqexecutor-worker`` process (remote hosts) or in a thread of the executor
 (local mode), and it is the executor's mirror on the host's side: the dispatcher owns the
@@ -32,6 +33,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -40,6 +42,8 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
     ENV_TOKEN,
+    OUTPUT_FLUSH_INTERVAL,
+    OUTPUT_SNDHWM,
     RESPAWN_BACKOFF_MAX,
     RESPAWN_BACKOFF_MIN,
     TICK,
@@ -56,6 +60,7 @@ from ._net import (
     route_to,
     set_heartbeats,
 )
+from ._output import OutputCapture, Printer, echo_to
 from ._protocol import Kind
 from ._security import Security
 from ._status import State, StatusReading, create, read_status, request_end_now
@@ -122,6 +127,7 @@ class Supervisor:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         in_executor: bool = False,
         resources: dict[str, float] | None = None,
+        echo_output: bool = True,
     ) -> None:
         self.processes = processes
         self.sink = sink
@@ -167,6 +173,21 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._report: zmq.Socket[bytes] | None = None
         self._rendezvous_sock: zmq.Socket[bytes] | None = None
+        # Remote hosts read their worker processes' stdout and stderr from pipes and forward
+        # them (_output.py); local ones (in the executor) leave them on the shared terminal.
+        # A worker process whose executor does not want its output puts these copies of
+        # our own stdout and stderr back in place of the pipes (_worker_process.py).
+        self._terminal: tuple[int, int] | None = None
+        self._capture: OutputCapture | None = None
+        self._output_sock: zmq.Socket[bytes] | None = None
+        self._output_due = 0.0  #: when the next OUTPUT message may go
+        if not in_executor:
+            self._terminal = (_dup_or_devnull(1), _dup_or_devnull(2))
+            echo = None
+            if echo_output:
+                echo = Printer(echo_to(self._terminal), "zmqexecutor-echo")
+                echo.start()
+            self._capture = OutputCapture(socket.gethostname(), time.monotonic(), echo)
 
     # -- control from other threads and signal handlers --
 
@@ -242,6 +263,8 @@ class Supervisor:
                     self._on_rendezvous(self._rendezvous_sock.recv_multipart())
                 if self._monitor is not None and self._monitor in events:
                     self._on_monitor_event()
+                if self._capture is not None:
+                    self._read_output(events)  # before _reap: a dead process's last words
                 self._reap(poller)
                 self._watch_children()
         finally:
@@ -250,6 +273,8 @@ class Supervisor:
     def _poll_timeout(self) -> float:
         now = time.monotonic()
         timeout = min(TICK, max(0.0, self._next_heartbeat - now))
+        if self._capture is not None and self._capture.chunks:
+            timeout = min(timeout, max(0.0, self._output_due - now))
         for slot in self.slots:
             if slot.child is None and not slot.retired and slot.not_before > now:
                 timeout = min(timeout, slot.not_before - now)
@@ -282,6 +307,9 @@ class Supervisor:
         self._next_heartbeat = 0.0
 
     def _close_report(self) -> None:
+        if self._output_sock is not None:
+            self._output_sock.close(linger=0)
+            self._output_sock = None
         if self._monitor is not None:
             self._poller.unregister(self._monitor)
             assert self._report is not None
@@ -349,6 +377,50 @@ class Supervisor:
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
             self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
             self._liveness.heartbeat_sent(time.monotonic())
+
+    def _read_output(self, events: dict[Any, int]) -> None:
+        """Read the worker processes' pipes that have data; send what is due."""
+        assert self._capture is not None
+        now = time.monotonic()
+        # nothing to forward to without an executor (the echo still shows it)
+        forward = self._forwarding()
+        for fd in [fd for fd in events if fd in self._capture.pipes]:
+            if not self._capture.read(fd, now, forward):
+                self._poller.unregister(fd)
+        capture = self._capture
+        if not forward:
+            capture.take()  # the executor left meanwhile: the echo has shown them
+            return
+        if (capture.chunks and (now >= self._output_due or capture.full())) or (
+            capture.dropped and now >= self._output_due + 1.0  # drops alone: once a second
+        ):
+            self._send_output(now)
+
+    def _forwarding(self) -> bool:
+        """Is there an executor to send output to? (DETACH forgets the sink at once, the
+        report socket only when the next executor attaches.)"""
+        return self._report is not None and self.sink is not None
+
+    def _send_output(self, now: float) -> None:
+        """One OUTPUT message, on a socket of its own: output never crowds out the
+        heartbeats and DIED reports on ``_report``, and a slow executor makes us drop
+        output (counted), never queue it without bound."""
+        assert self._capture is not None and self.sink is not None
+        chunks, dropped = self._capture.take()
+        self._output_due = now + OUTPUT_FLUSH_INTERVAL
+        if self._output_sock is None:
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.linger = 0
+            sock.sndhwm = OUTPUT_SNDHWM  # bounds what waits for a slow or absent executor
+            self.security.client(sock)
+            sock.connect(self.sink)
+            self._output_sock = sock
+        try:
+            self._output_sock.send_multipart(
+                proto.output(self._capture.host, chunks, dropped), zmq.NOBLOCK
+            )
+        except zmq.Again:
+            self._capture.dropped += dropped + sum(len(data) for _, _, data in chunks)
 
     def _check_liveness(self) -> None:
         """Start a new incarnation when the executor must have declared this host lost."""
@@ -503,12 +575,22 @@ class Supervisor:
         env.pop(ENV_TOKEN, None)
         if self._token is not None:
             env[ENV_TOKEN] = self._token  # never on argv: the environment is private
+        captured = subprocess.PIPE if self._capture is not None else None
+        if self._terminal is not None:
+            config["terminal_fds"] = list(self._terminal)
         proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD_MAIN, json.dumps(config)],
             stdin=subprocess.DEVNULL,
+            stdout=captured,
+            stderr=captured,
             close_fds=True,
+            pass_fds=self._terminal or (),
             env=env,
         )  # fmt: skip
+        if self._capture is not None:
+            assert proc.stdout is not None and proc.stderr is not None
+            for fd in self._capture.add(proc.pid, proc.stdout, proc.stderr):
+                self._poller.register(fd, zmq.POLLIN)
         pidfd = None
         if hasattr(os, "pidfd_open"):
             try:
@@ -574,6 +656,15 @@ class Supervisor:
             self._report.send_multipart(proto.control(Kind.DIED, body, status.session), zmq.NOBLOCK)
 
     def _close(self) -> None:
+        if self._capture is not None:
+            for fd in list(self._capture.pipes):  # the last words of the last processes
+                self._capture.read(fd, time.monotonic(), self._forwarding())
+            if self._capture.chunks and self._forwarding():
+                self._send_output(time.monotonic())
+            self._capture.close()
+        if self._terminal is not None:
+            for fd in self._terminal:
+                os.close(fd)
         self._close_report()
         if self._own_context:
             self.security.stop()
@@ -586,6 +677,14 @@ class Supervisor:
         for name in os.listdir(self._status_dir):
             os.unlink(os.path.join(self._status_dir, name))
         os.rmdir(self._status_dir)
+
+
+def _dup_or_devnull(fd: int) -> int:
+    """A copy of our ``fd`` (stdout, stderr), or of /dev/null when it is closed."""
+    try:
+        return os.dup(fd)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
 def describe_exit(code: int) -> str:

@@ -251,6 +251,7 @@ class WorkerProcess:
         self.max_tasks = min(limits) if limits else None
         self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
         self.status.task_timeout(float(body.get("task_timeout") or 0.0))
+        self._choose_output(bool(body.get("forward_output", True)))
         if len(welcome) < 3 or len(welcome[2]) == 0:
             return True
         try:
@@ -269,6 +270,23 @@ class WorkerProcess:
             )
             return False
         return True
+
+    def _choose_output(self, forward: bool) -> None:
+        """On a remote host our stdout and stderr are pipes to the supervisor, which
+        forwards what we write to the executor. An executor that does not want it
+        (``forward_output=False``) gets none: we write to the host's terminal directly,
+        and the supervisor, seeing the pipes close, has nothing more to do for us."""
+        fds = self.config.get("terminal_fds")
+        if not fds:
+            return  # a local worker process: stdout and stderr are the executor's own
+        if not forward:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+        for fd in fds:
+            os.close(fd)
 
     def _orphaned(self) -> bool:
         return os.getppid() != int(self.config["parent_pid"])
@@ -442,6 +460,10 @@ def child_main() -> None:
         level=config.get("log_level", "WARNING"),
         format=log_format(),
     )
+    if config.get("terminal_fds") and sys.stdout is not None:
+        # stdout is a pipe to the supervisor: write each line at once, as to a terminal,
+        # so that it arrives promptly and survives a crash (os._exit, a segfault)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     # Ctrl-C in a terminal reaches the whole process group: the executor decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = WorkerProcess(config)

@@ -119,6 +119,13 @@ def worker_parser(prog: str = "zmqexecutor-worker") -> argparse.ArgumentParser:
         "applies too; the lower wins)",
     )
     p.add_argument(
+        "--no-echo-output",
+        dest="echo_output",
+        action="store_false",
+        help="the worker processes' stdout and stderr, forwarded to the executor, are not "
+        "also written to this host's stdout and stderr",
+    )
+    p.add_argument(
         "--once",
         action="store_true",
         help="serve one executor, then exit 0 (for batch jobs)",
@@ -186,6 +193,7 @@ def worker_main(argv: Sequence[str] | None = None, prog: str = "zmqexecutor-work
             once=args.once,
             idle_timeout=args.idle_timeout,
             resources=args.resources,
+            echo_output=args.echo_output,
         )
     except (ConfigurationError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

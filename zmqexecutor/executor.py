@@ -138,6 +138,13 @@ class ZmqExecutor(Executor):
         resources: what the local host has for tasks that ask for it
             (``options(resources=...)``), shared by the local worker processes, e.g.
             ``{"GPU": 1}``; remote hosts declare theirs with ``--resources``.
+        forward_output: print what tasks on remote hosts write to stdout and stderr to
+            this process's ``sys.stdout`` and ``sys.stderr``, each line prefixed with its
+            origin, e.g. ``(hostA pid=123) ``. It arrives shortly after it is written,
+            possibly after the task's result; each host sends at most about 256 KiB/s
+            (``stats()`` counts what was dropped beyond). False: it stays on each host's
+            own terminal, and the hosts do not read it at all. Local worker processes
+            always write to this process's terminal directly, unprefixed.
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is less than 1.
@@ -167,6 +174,7 @@ class ZmqExecutor(Executor):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ship_modules: Iterable[str | ModuleType] | str | ModuleType = (),
         resources: dict[str, float] | None = None,
+        forward_output: bool = True,
     ) -> None:
         worker_list = list(workers or ())
         local_resources = check_resources(resources or {}, "resources")
@@ -304,6 +312,7 @@ class ZmqExecutor(Executor):
             task_ids=self._task_ids,
             before_detach=partial(_stop_supervisor, supervisor),
             local_host=supervisor.host_id if supervisor else None,
+            forward_output=forward_output,
             on_exit=partial(
                 _release, self._context, security, self._supervisor_thread, self._dir, self._mode
             ),
@@ -505,7 +514,8 @@ class ZmqExecutor(Executor):
 
     def stats(self) -> ExecutorStats:
         """A snapshot: every worker (host, pid, slots, in flight, done, failed, heartbeat age),
-        tasks pending/running/done/failed, and bytes sent and received.
+        tasks pending/running/done/failed, bytes sent and received, and bytes of remote
+        tasks' output printed and dropped.
         ``print(executor.stats())`` shows it as a table."""
         return self._dispatcher.stats()
 

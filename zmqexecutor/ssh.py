@@ -48,7 +48,9 @@ end of file on its own stdin, forwards it, and the worker drains and exits.
 :meth:`SSHWorkers.stop` sends ``TERM``, waits up to ``timeout`` for the sessions to end, then
 sends ``KILL`` and closes the channel, waits a little more, and finally kills the local ssh
 clients. Everything the remote side writes to stderr (the worker's log) is copied to
-``output`` (default: this process's stderr), each line prefixed with ``[host]``.
+``output`` (default: this process's stderr), each line prefixed with ``[host]``. The worker
+hosts run with ``--no-echo-output``: their tasks' output reaches the executor's terminal
+once, forwarded by the executor (``forward_output``), not a second time through ssh.
 
 Limits: a wrapper killed with SIGKILL cannot delete its temporary token file (private, in
 a 0700 directory under the remote ``$TMPDIR`` or /tmp); use ``remote_token_file`` where that
@@ -487,7 +489,9 @@ def launch_ssh(
         python=python,
         processes=processes,
         remote_token_file=remote_token_file,
-        extra_args=extra_args,
+        # the hosts' stderr comes here, and so does their tasks' output (forward_output):
+        # once is enough
+        extra_args=("--no-echo-output", *extra_args),
     )
 
     workers: list[SSHWorker] = []

@@ -47,6 +47,7 @@ def run_worker(
     once: bool = False,
     idle_timeout: float | None = None,
     resources: dict[str, float] | str | None = None,
+    echo_output: bool = True,
 ) -> int:
     """Serve as a worker host until SIGTERM/SIGINT: keep ``processes`` worker processes
     connected to an executor.
@@ -77,6 +78,11 @@ def run_worker(
         resources: what this host has for tasks that ask for it, shared by its worker
             processes: ``{"GPU": 2, "MEM": 64e9}`` or ``"GPU=2,MEM=64e9"``. A task submitted
             with ``executor.options(resources={"GPU": 1})`` runs only where one unit is free.
+        echo_output: the worker processes' stdout and stderr, forwarded to the executor
+            (its ``forward_output``), are also written to this process's stdout and
+            stderr, all of it: also what the rate limit kept from the executor. An
+            executor with ``forward_output=False`` gets none, and the worker processes
+            write here directly, whatever this says.
 
     Returns:
         0 after a clean stop (SIGTERM lets running tasks finish first); EXIT_REFUSED if
@@ -156,6 +162,7 @@ def run_worker(
         once=once,
         idle_timeout=idle_timeout,
         resources=declared,
+        echo_output=echo_output,
     )
     interrupts = 0
 
