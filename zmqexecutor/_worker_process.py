@@ -113,9 +113,16 @@ class WorkerProcess:
         self.wakeup, self._wakeup_w = socket.socketpair()
         for sock in (self.wakeup, self._wakeup_w):
             sock.setblocking(False)
+        # A connection to the executor that drops (it died, was restarted on the same
+        # address, or the network cut it) ends the session this process registered in: an
+        # executor that comes back, or a new one, must see a fresh registration. The host's
+        # supervisor may not see it happen (frozen, or connected only afterwards).
+        self._sink_events = self.sink.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.executor_dropped = False
         self._inbox_poller = zmq.Poller()
         self._inbox_poller.register(self.inbox, zmq.POLLIN)
         self._inbox_poller.register(self.wakeup, zmq.POLLIN)
+        self._inbox_poller.register(self._sink_events, zmq.POLLIN)
         self._sink_poller = zmq.Poller()
         self._sink_poller.register(self.sink, zmq.POLLOUT)
         self._sink_poller.register(self.wakeup, zmq.POLLIN)
@@ -127,6 +134,11 @@ class WorkerProcess:
         if self.wakeup in events:
             with contextlib.suppress(BlockingIOError):
                 self.wakeup.recv(64)
+        if self._sink_events in events:
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    self._sink_events.recv_multipart(zmq.NOBLOCK)
+            self.executor_dropped = True
         return sock in events
 
     def run(self) -> int:
@@ -150,6 +162,8 @@ class WorkerProcess:
             self.wakeup.close()
             self._wakeup_w.close()
             self.inbox.close()
+            self.sink.disable_monitor()
+            self._sink_events.close(linger=0)
             self.sink.close()
             self.security.stop()
             self.ctx.term()
@@ -292,7 +306,11 @@ class WorkerProcess:
         return os.getppid() != int(self.config["parent_pid"])
 
     def _loop(self) -> None:
+        self.executor_dropped = False  # a drop before registering ended nothing
         while not self.draining:
+            if self.executor_dropped:
+                log.info("%s: the connection to the executor dropped; leaving", self.origin)
+                break  # BYE reaches the executor if it is still the same one
             if not self._wait(self._inbox_poller, self.inbox, TICK):
                 if self._orphaned():
                     log.error("%s: supervisor is gone, exiting", self.origin)
