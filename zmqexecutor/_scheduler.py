@@ -235,6 +235,8 @@ class TaskQueue:
             self.appendleft(item)
 
     def popleft(self) -> WorkItem:
+        if len(self._order) == 1:
+            return self._default.popleft()
         for level in self._order:
             if level:
                 return level.popleft()
@@ -689,13 +691,15 @@ class Scheduler:
         heap = [_load(w) for w in workers]
         heapq.heapify(heap)
         deferred: list[WorkItem] = []
-        while heap and self.pending:
+        stale = False  # a worker took a task out of heap order (resources): check the top
+        pending = self.pending
+        while heap and pending:
             worker_id = heap[0][3]
             w = self.workers[worker_id]
-            if heap[0] != _load(w):  # stale: w took a task with resources meanwhile
+            if stale and heap[0] != _load(w):
                 heapq.heapreplace(heap, _load(w))
                 continue
-            item = self.pending.popleft()
+            item = pending.popleft()
             if item.resources is not None:
                 target = self._place(item, workers, batches)
                 if target is None:
@@ -703,7 +707,7 @@ class Scheduler:
                     continue
                 w = target
             elif not self._accepts(w, item, now, backlog):
-                self.pending.appendleft(item)  # the least loaded worker is full: all are
+                pending.appendleft(item)  # the least loaded worker is full: all are
                 break
             elif item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
                 deferred.append(item)  # a retry never goes back where it was lost
@@ -728,11 +732,13 @@ class Scheduler:
             batch.append(item)
             if heap[0][3] != worker_id:
                 heapq.heappush(heap, _load(w))  # its old entry is stale now
+                stale = True
             elif len(batch) >= DEFAULT_MAX_BATCH:
                 heapq.heappop(heap)
             else:
                 heapq.heapreplace(heap, _load(w))
-        self.pending.extendleft(reversed(deferred))
+        if deferred:
+            pending.extendleft(reversed(deferred))
         return bool(deferred)
 
     def _place(
