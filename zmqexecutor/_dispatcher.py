@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import cloudpickle
 import zmq
@@ -45,9 +45,6 @@ from ._security import Security
 from ._serialize import load_result
 from ._stats import ExecutorStats, HostStats, WorkerStats
 from ._versions import Versions, host_entry
-
-if TYPE_CHECKING:
-    from .executor import ZmqExecutor
 
 __all__ = ["Dispatcher", "Settings", "WorkItem", "pickle_initializer"]
 
@@ -90,7 +87,7 @@ class Dispatcher(threading.Thread):
 
     def __init__(
         self,
-        executor: ZmqExecutor,
+        executor: object,
         *,
         context: zmq.Context[zmq.Socket[bytes]],
         sink: zmq.Socket[bytes],
@@ -130,6 +127,8 @@ class Dispatcher(threading.Thread):
         #: before_detach() has told to leave already
         self.local_host = local_host
         self.on_exit = on_exit
+        # only to notice the executor being dropped without shutdown() (as CPython's
+        # manager thread does); the dispatcher never reads or writes it
         self._executor_ref = weakref.ref(executor, lambda _: self.wake())
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
