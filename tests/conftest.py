@@ -70,6 +70,17 @@ def wait_until(
         time.sleep(0.005)
 
 
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment with the tests directory on PYTHONPATH and unbuffered output: a worker
+    host or an executor script imports the tasks' modules (crash_cases) as a real remote host
+    would, and its log reaches its file at once."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
 def free_tcp_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

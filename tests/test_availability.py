@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, WorkerHost, free_tcp_port, host_logs, wait_until
+from conftest import WorkerHost, free_tcp_port, host_logs, wait_until, worker_env
 
 from zmqexecutor import _net
 from zmqexecutor._defaults import HANDSHAKE_TIMEOUT
@@ -79,9 +79,7 @@ ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _env(token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQEXECUTOR_TOKEN")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = {k: v for k, v in worker_env().items() if not k.startswith("ZMQEXECUTOR_TOKEN")}
     env["ZMQEXECUTOR_TOKEN"] = token
     return env
 

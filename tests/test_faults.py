@@ -48,6 +48,7 @@ from conftest import (
     host_logs,
     rendezvous_pids,
     wait_until,
+    worker_env,
 )
 from netns import (
     PROJECT_ROOT,
@@ -106,16 +107,6 @@ def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
 def labels(marker: Path | str) -> collections.Counter[str]:
     """How many times each label's task body ran (exec count per label)."""
     return collections.Counter(label for *_, label in cc.read_marker(marker))
-
-
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Our environment with the tests directory on PYTHONPATH: a worker host or an executor
-    script imports the tasks' module (crash_cases) as a real remote host would."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 
 class ResolveCounter:

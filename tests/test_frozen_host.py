@@ -20,12 +20,12 @@ import crash_cases as cc
 import pytest
 from conftest import (
     RESULT_TIMEOUT,
-    TESTS_DIR,
     Gates,
     WorkerHost,
     host_logs,
     proc_stats,
     wait_until,
+    worker_env,
 )
 
 HB_INTERVAL = 0.2
@@ -44,9 +44,8 @@ def host(gates: Gates, tmp_path: Path) -> Iterator[Callable[[str], WorkerHost]]:
     started: list[WorkerHost] = []
 
     def start(address: str) -> WorkerHost:
-        env = dict(os.environ, PYTHONPATH=str(TESTS_DIR), PYTHONUNBUFFERED="1")
         args = [address, "--processes", "1", "--insecure", *HB_ARGS]
-        h = WorkerHost(args, tmp_path / "worker.log", env)
+        h = WorkerHost(args, tmp_path / "worker.log", worker_env())
         started.append(h)
         return h
 

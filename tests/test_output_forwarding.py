@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, WorkerHost, free_tcp_port, host_logs, wait_until
+from conftest import WorkerHost, free_tcp_port, host_logs, wait_until, worker_env
 
 from zmqexecutor import _protocol as proto
 from zmqexecutor._defaults import OUTPUT_BURST, OUTPUT_MAX_LINE, OUTPUT_RATE
@@ -124,10 +124,9 @@ def out(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], tuple[Captured
         captured.unblock()
 
 
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONUNBUFFERED", None)  # as on a real host: buffering is ours to choose
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+def buffered_worker_env() -> dict[str, str]:
+    env = worker_env()
+    del env["PYTHONUNBUFFERED"]  # as on a real host: buffering is ours to choose
     return env
 
 
@@ -141,7 +140,7 @@ def start_host(tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
         endpoint given in ``extra`` as ``--listen ENDPOINT`` (mode 3)."""
         where = [address] if address else []
         args = [*where, "--processes", str(processes), "--insecure", *HB_ARGS, *extra]
-        host = WorkerHost(args, tmp_path / f"host-{len(started)}.log", worker_env())
+        host = WorkerHost(args, tmp_path / f"host-{len(started)}.log", buffered_worker_env())
         started.append(host)
         return host
 

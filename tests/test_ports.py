@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from conftest import (
     RESULT_TIMEOUT,
-    TESTS_DIR,
     WorkerHost,
     free_tcp_port,
     host_logs,
     rendezvous_pids,
     wait_until,
+    worker_env,
 )
 
 from zmqexecutor import _protocol as proto
@@ -111,13 +111,6 @@ def inbox_port(pid: int) -> int:
     ports = listening_ports(pid)
     assert len(ports) == 1, f"worker process {pid} listens on {ports}, expected its inbox only"
     return ports.pop()
-
-
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture

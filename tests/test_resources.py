@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESULT_TIMEOUT, Gates, WorkerHost, free_tcp_port, wait_until
+from conftest import RESULT_TIMEOUT, Gates, WorkerHost, free_tcp_port, wait_until, worker_env
 from crash_cases import block_until, rendezvous
 
 import zmqexecutor
@@ -48,19 +48,14 @@ def record(path: str, label: str) -> str:
     return label
 
 
-def _env() -> dict[str, str]:
-    tests = str(Path(__file__).resolve().parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])}
-
-
 def test_gpu_tasks_run_only_where_declared_and_never_two_at_once(
     make_executor: Callable[..., Any], tmp_path: Path
 ) -> None:
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
     ex = make_executor(listen=address, insecure=True, **HB)
     common = ["--processes", "2", "--insecure", *HB_ARGS]
-    gpu = WorkerHost([address, *common, "--resources", "GPU=1"], tmp_path / "gpu.log", _env())
-    plain = WorkerHost([address, *common], tmp_path / "plain.log", _env())
+    gpu = WorkerHost([address, *common, "--resources", "GPU=1"], tmp_path / "gpu.log", worker_env())
+    plain = WorkerHost([address, *common], tmp_path / "plain.log", worker_env())
     try:
         wait_until(lambda: len(ex.stats().workers) == 4, what="four worker processes")
         view = ex.options(resources={"GPU": 1})
@@ -173,6 +168,6 @@ def test_cli_refuses_a_bad_resources_flag(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(),
+        env=worker_env(),
     )
     assert proc.returncode == 2 and "NAME=AMOUNT" in proc.stderr, proc.stderr

@@ -178,9 +178,6 @@ class SchedulerSimulation(RuleBasedStateMachine):
     def sim_of(self, w: WorkerState) -> SimWorker:
         return next(s for s in self.sim_workers if s.state is w)
 
-    def live(self) -> list[SimWorker]:
-        return [s for s in self.sim_workers if s.alive and not s.host.frozen]
-
     # -- the executor's events --------------------------------------------------------------
 
     def check_order(self, w: WorkerState, item: WorkItem) -> None:
@@ -335,7 +332,9 @@ class SchedulerSimulation(RuleBasedStateMachine):
     @precondition(lambda self: self.eligible(lambda s: s.alive and not s.stopping))
     @rule(data=st.data())
     def sigterm(self, data: st.DataObject) -> None:
-        sim = self.draw(data, lambda s: s.alive and not s.stopping)
+        self.sigterm_now(self.draw(data, lambda s: s.alive and not s.stopping))
+
+    def sigterm_now(self, sim: SimWorker) -> None:
         sim.draining = True
         if sim.running is None:  # else the running task finishes first, then BYE
             self._leave(sim)
@@ -421,7 +420,9 @@ class SchedulerSimulation(RuleBasedStateMachine):
     @rule(data=st.data())
     def freeze(self, data: st.DataObject) -> None:
         """SIGSTOP of a host's whole tree, or a partition: nothing moves either way."""
-        host = data.draw(st.sampled_from(self.hosts))
+        self.freeze_host(data.draw(st.sampled_from(self.hosts)))
+
+    def freeze_host(self, host: SimHost) -> None:
         if not host.frozen:
             host.frozen, host.frozen_at = True, self.now
 
@@ -699,15 +700,13 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
             w = some(lambda s: s.alive and not s.stopping)
             if w is None:
                 return "sigterm: none"
-            w.draining = True
-            if w.running is None:
-                sim._leave(w)
+            sim.sigterm_now(w)
             return f"sigterm {w.worker_id[-3:]}"
         if kind in ("freeze", "resume"):
             host = rng.choice(sim.hosts)
-            if kind == "freeze" and not host.frozen:
-                host.frozen, host.frozen_at = True, sim.now
-            elif kind == "resume" and host.frozen:
+            if kind == "freeze":
+                sim.freeze_host(host)
+            elif host.frozen:
                 sim.resume_host(host)
                 sim.after_event()
             return f"{kind} {host.host_id}"

@@ -10,7 +10,6 @@ its tasks (the session is over) and stays up for the next executor.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESULT_TIMEOUT, Gates, WorkerHost, free_tcp_port, wait_until
+from conftest import RESULT_TIMEOUT, Gates, WorkerHost, free_tcp_port, wait_until, worker_env
 from crash_cases import block_until
 
 from zmqexecutor import BrokenZmqExecutor
@@ -33,11 +32,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-
-
-def _env() -> dict[str, str]:
-    tests = str(Path(__file__).resolve().parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])}
 
 
 @pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
@@ -105,7 +99,7 @@ def test_kill_workers_leaves_a_remote_host_up_for_the_next_executor(
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
     ex = make_executor(listen=address, insecure=True, **HB)
     host = WorkerHost(
-        [address, "--processes", "1", "--insecure", *HB_ARGS], tmp_path / "host.log", _env()
+        [address, "--processes", "1", "--insecure", *HB_ARGS], tmp_path / "host.log", worker_env()
     )
     try:
         gate = gates("remote")

@@ -46,7 +46,7 @@ from ._serialize import load_result
 from ._stats import ExecutorStats, HostStats, WorkerStats
 from ._versions import Versions, host_entry
 
-__all__ = ["Dispatcher", "Settings", "WorkItem", "pickle_initializer"]
+__all__ = ["Dispatcher", "VersionsRequest", "pickle_initializer"]
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
