@@ -47,10 +47,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._defaults import (
@@ -65,8 +65,12 @@ from ._defaults import (
     PREFETCH_BACKLOG,
     PREFETCH_BUDGET,
 )
+from ._hosts import HostState, Unsatisfiable, WorkerState, has_slot, load, place
 from ._protocol import ResultRecord, learn_duration
+from ._queue import TaskQueue, WorkItem
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
+
+__all__ = ["HostState", "Scheduler", "Settings", "TaskQueue", "WorkItem", "WorkerState"]
 
 log = logging.getLogger("zmqexecutor.dispatcher")
 
@@ -93,175 +97,6 @@ class Settings:
             "heartbeat_interval": self.heartbeat_interval,
             "max_message_size": self.max_message_size,
         }
-
-
-@dataclass(slots=True)
-class WorkItem:
-    """A submitted call, pickled in submit() (outside any lock)."""
-
-    future: Future[Any]
-    task_id: int
-    digest: bytes
-    fn_bytes: bytes
-    payload: bytes
-    buffers: Sequence[Any]
-    #: times sent to a worker (a task sent back to the queue unstarted is sent again)
-    sends: int = 0
-    #: expected run time when it was sent (seconds; None if unknown)
-    estimate: float | None = None
-    #: when it was last sent
-    sent_at: float = 0.0
-    #: workers (and hosts) it was lost on; a retry never goes back to them (None: none yet,
-    #: so that a million queued tasks do not carry a million empty sets)
-    lost_on: set[str] | None = None
-    #: higher is sent first (executor.options(priority=...)); FIFO within a priority
-    priority: int = 0
-    #: what it needs of its host while it runs, e.g. {"GPU": 1} (None: nothing)
-    resources: dict[str, float] | None = None
-    #: while it holds its resources: the whole units among them, e.g. {"GPU": [1]}
-    units: dict[str, list[int]] | None = None
-
-
-@dataclass(eq=False)
-class WorkerState:
-    """What the executor knows about one worker process."""
-
-    worker_id: str
-    host: str
-    pid: int
-    slots: int
-    host_id: str = ""
-    ready: bool = False
-    #: still registered (False once it left, died or its host was lost)
-    alive: bool = True
-    #: tasks sent and not answered, in the order sent (a worker runs them in that order)
-    outstanding: OrderedDict[int, WorkItem] = field(default_factory=OrderedDict)
-    sent: int = 0
-    done: int = 0
-    failed: int = 0
-    #: expected run time of the tasks it holds (seconds), and how many it cannot estimate
-    queued: float = 0.0
-    unknown: int = 0
-    #: tasks this worker may still receive (max_tasks_per_child), None = unlimited
-    remaining: int | None = None
-
-    def describe(self) -> str:
-        return f"worker {self.host} pid {self.pid}"
-
-
-@dataclass
-class HostState:
-    """A worker host (one supervisor) and when it was last heard from."""
-
-    host_id: str
-    name: str
-    last_seen: float
-    workers: set[str] = field(default_factory=set)
-    #: what it declared (--resources GPU=2), what its tasks hold now, and which whole units
-    #: are free (an integral amount is numbered 0..n-1, so a task can learn which it holds)
-    resources: dict[str, float] = field(default_factory=dict)
-    used: dict[str, float] = field(default_factory=dict)
-    free_units: dict[str, list[int]] = field(default_factory=dict)
-
-    def declare(self, resources: dict[str, float]) -> None:
-        if resources == self.resources:
-            return
-        self.resources = dict(resources)
-        self.used = dict.fromkeys(resources, 0.0)
-        self.free_units = {k: list(range(int(v))) for k, v in resources.items() if v == int(v)}
-
-    def fits(self, request: dict[str, float]) -> bool:
-        """Could ``request`` run here now?"""
-        return all(
-            self.used.get(k, 0.0) + v <= self.resources.get(k, 0.0) for k, v in request.items()
-        )
-
-    def could_ever_fit(self, request: dict[str, float]) -> bool:
-        return all(v <= self.resources.get(k, 0.0) for k, v in request.items())
-
-    def acquire(self, request: dict[str, float]) -> dict[str, list[int]]:
-        units: dict[str, list[int]] = {}
-        for k, v in request.items():
-            self.used[k] = self.used.get(k, 0.0) + v
-            free = self.free_units.get(k)
-            if free is not None and v == int(v) and v > 0:
-                units[k], free[:] = free[: int(v)], free[int(v) :]
-        return units
-
-    def release(self, request: dict[str, float], units: dict[str, list[int]] | None) -> None:
-        for k, v in request.items():
-            self.used[k] = max(0.0, self.used.get(k, 0.0) - v)
-        for k, held in (units or {}).items():
-            if k in self.free_units:
-                self.free_units[k] = sorted(self.free_units[k] + held)
-
-
-class TaskQueue:
-    """The tasks waiting to be sent: by priority, higher first, FIFO within a priority.
-
-    ``append`` may be called from any thread (submit()); it and ``popleft``, ``appendleft``
-    and ``extendleft`` use only operations that are atomic under the GIL. With one priority
-    (the common case) it costs what one deque costs.
-    """
-
-    def __init__(self) -> None:
-        self._default: deque[WorkItem] = deque()
-        self._levels: dict[int, deque[WorkItem]] = {0: self._default}
-        #: the priorities, highest first (replaced whole, never changed in place)
-        self._order: list[deque[WorkItem]] = [self._default]
-        #: set once a task with a priority or resources was queued
-        self.mixed = False
-
-    def _level(self, priority: int) -> deque[WorkItem]:
-        level = self._levels.get(priority)
-        if level is None:
-            level = self._levels.setdefault(priority, deque())
-            self._order = [self._levels[p] for p in sorted(list(self._levels), reverse=True)]
-        return level
-
-    def append(self, item: WorkItem) -> None:
-        if item.priority == 0 and item.resources is None:
-            self._default.append(item)
-            return
-        self.mixed = True
-        self._level(item.priority).append(item)
-
-    def appendleft(self, item: WorkItem) -> None:
-        self._level(item.priority).appendleft(item)
-
-    def extendleft(self, items: Iterable[WorkItem]) -> None:
-        """Like deque.extendleft: the last item given ends up first."""
-        for item in items:
-            self.appendleft(item)
-
-    def popleft(self) -> WorkItem:
-        if len(self._order) == 1:
-            return self._default.popleft()
-        for level in self._order:
-            if level:
-                return level.popleft()
-        raise IndexError("pop from an empty TaskQueue")
-
-    def __len__(self) -> int:
-        if len(self._order) == 1:
-            return len(self._default)
-        return sum(len(level) for level in self._order)
-
-    def __bool__(self) -> bool:
-        return any(self._order) if len(self._order) > 1 else bool(self._default)
-
-    def __iter__(self) -> Iterator[WorkItem]:
-        return itertools.chain.from_iterable(list(self._order))
-
-    def by_priority(self) -> dict[int, int]:
-        """How many tasks wait at each priority."""
-        return {p: len(q) for p, q in sorted(list(self._levels.items()), reverse=True) if q}
-
-
-def _load(w: WorkerState) -> tuple[float, float, int, str]:
-    """How loaded a worker is (the least loaded gets the next task); ties by work queued,
-    then by tasks ever sent, so that work spreads."""
-    return (len(w.outstanding) / w.slots, w.queued, w.sent, w.worker_id)
 
 
 class Scheduler:
@@ -303,10 +138,8 @@ class Scheduler:
         #: hosts declared lost (bounded): a late heartbeat of one must not revive it
         self._lost_hosts: OrderedDict[str, bool] = OrderedDict()
         self._last_tick: float | None = None
-        #: resource requests no connected host declares: tasks seen waiting for each in the
-        #: last dispatch, and since when each has waited (warned once; no_worker_timeout)
-        self._unsatisfiable_seen: dict[tuple[tuple[str, float], ...], int] = {}
-        self._unsatisfiable_since: dict[tuple[tuple[str, float], ...], float] = {}
+        #: resource requests no connected host declares (warned once; no_worker_timeout)
+        self.unsatisfiable = Unsatisfiable()
         #: since when tasks wait with no ready worker, and when that was last logged
         self._waiting_since: float | None = None
         self._warned_at: float | None = None
@@ -412,7 +245,7 @@ class Scheduler:
             self.local_ready += 1
         self._ready[w.worker_id] = w
         self._ready_slots += w.slots
-        if self._has_slot(w):
+        if has_slot(w):
             self._idle[w.worker_id] = w
         log.info("%s is ready", w.describe())
 
@@ -562,27 +395,12 @@ class Scheduler:
         """Tasks whose request no connected host declares wait, as tasks wait for a worker:
         warned once per request, failed after no_worker_timeout (during shutdown after
         heartbeat_timeout at most)."""
-        seen, self._unsatisfiable_seen = self._unsatisfiable_seen, {}
-        for key in list(self._unsatisfiable_since):
-            if key not in seen:
-                del self._unsatisfiable_since[key]  # a host declares it now, or none wait
         limit = self.settings.no_worker_timeout
         if self.shutdown_requested:
             limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
-        for key, count in seen.items():
-            since = self._unsatisfiable_since.setdefault(key, now)
-            if since == now:
-                log.warning(
-                    "%d task(s) wait for %s, which no connected host declares (start a host "
-                    "with: zmqexecutor-worker %s --resources %s)",
-                    count,
-                    dict(key),
-                    self.sink_address,
-                    ",".join(f"{k}={v:g}" for k, v in key),
-                )
-            if limit is not None and now - since > limit:
-                self._fail_unsatisfiable(key, limit)
-                del self._unsatisfiable_since[key]
+        for key in self.unsatisfiable.due(now, limit, self.sink_address):
+            assert limit is not None
+            self._fail_unsatisfiable(key, limit)
 
     def _fail_unsatisfiable(self, key: tuple[tuple[str, float], ...], limit: float) -> None:
         request = dict(key)
@@ -688,7 +506,7 @@ class Scheduler:
         with a ``backlog``); True if a task was put back because it was lost there or
         because no worker can hold what it needs now."""
         workers = [w for w in candidates if w.remaining is None or w.remaining > 0]
-        heap = [_load(w) for w in workers]
+        heap = [load(w) for w in workers]
         heapq.heapify(heap)
         deferred: list[WorkItem] = []
         stale = False  # a worker took a task out of heap order (resources): check the top
@@ -696,12 +514,14 @@ class Scheduler:
         while heap and pending:
             worker_id = heap[0][3]
             w = self.workers[worker_id]
-            if stale and heap[0] != _load(w):
-                heapq.heapreplace(heap, _load(w))
+            if stale and heap[0] != load(w):
+                heapq.heapreplace(heap, load(w))
                 continue
             item = pending.popleft()
             if item.resources is not None:
-                target = self._place(item, workers, batches)
+                target, possible = place(item, workers, self.hosts, batches)
+                if not possible:
+                    self.unsatisfiable.note(item.resources)
                 if target is None:
                     deferred.append(item)  # nowhere fits now; others may still go
                     continue
@@ -719,57 +539,27 @@ class Scheduler:
             worker_id = w.worker_id
             item.estimate = self.durations.get(item.digest)
             item.sent_at = now
-            self._hold(w, item)
+            w.hold(item)
             w.outstanding[item.task_id] = item
             self.owner[item.task_id] = w
             item.sends += 1
             w.sent += 1
             if w.remaining is not None:
                 w.remaining -= 1
-            if not self._has_slot(w):
+            if not has_slot(w):
                 self._idle.pop(worker_id, None)
             batch = batches.setdefault(worker_id, (w, []))[1]
             batch.append(item)
             if heap[0][3] != worker_id:
-                heapq.heappush(heap, _load(w))  # its old entry is stale now
+                heapq.heappush(heap, load(w))  # its old entry is stale now
                 stale = True
             elif len(batch) >= DEFAULT_MAX_BATCH:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, _load(w))
+                heapq.heapreplace(heap, load(w))
         if deferred:
             pending.extendleft(reversed(deferred))
         return bool(deferred)
-
-    def _place(
-        self,
-        item: WorkItem,
-        workers: list[WorkerState],
-        batches: dict[str, tuple[WorkerState, list[WorkItem]]],
-    ) -> WorkerState | None:
-        """The least loaded worker with a free slot (never prefetch: a task holds its
-        resources from the moment it is sent) on a host where ``item``'s resources are free
-        now; None if there is none, noting a request that no host could ever satisfy."""
-        assert item.resources is not None
-        best: WorkerState | None = None
-        possible = False
-        for w in workers:
-            host = self.hosts.get(w.host_id)
-            if host is None or not host.could_ever_fit(item.resources):
-                continue
-            possible = True
-            if not self._has_slot(w) or not host.fits(item.resources):
-                continue
-            if item.lost_on and not item.lost_on.isdisjoint((w.worker_id, w.host_id)):
-                continue
-            if len(batches.get(w.worker_id, (w, ()))[1]) >= DEFAULT_MAX_BATCH:
-                continue
-            if best is None or _load(w) < _load(best):
-                best = w
-        if not possible:
-            key = tuple(sorted(item.resources.items()))
-            self._unsatisfiable_seen[key] = self._unsatisfiable_seen.get(key, 0) + 1
-        return best
 
     def _accepts(self, w: WorkerState, item: WorkItem, now: float, backlog: bool) -> bool:
         """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
@@ -796,18 +586,6 @@ class Scheduler:
         oldest = next(iter(w.outstanding.values()))
         return now - oldest.sent_at <= w.queued + PREFETCH_BUDGET
 
-    @staticmethod
-    def _has_slot(w: WorkerState) -> bool:
-        """May ``w`` take a task without prefetching?"""
-        return len(w.outstanding) < w.slots and (w.remaining is None or w.remaining > 0)
-
-    @staticmethod
-    def _hold(w: WorkerState, item: WorkItem) -> None:
-        if item.estimate is None:
-            w.unknown += 1
-        else:
-            w.queued += item.estimate
-
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _forget(self, w: WorkerState, task_id: int) -> WorkItem | None:
@@ -824,7 +602,7 @@ class Scheduler:
             w.queued = max(0.0, w.queued - item.estimate)
         else:
             w.queued = 0.0  # no drift from float sums
-        if w.ready and w.worker_id not in self._idle and self._has_slot(w):
+        if w.ready and w.worker_id not in self._idle and has_slot(w):
             self._idle[w.worker_id] = w
         return item
 
