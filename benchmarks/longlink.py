@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """Long links: remote worker hosts behind TCP proxies that add a fixed delay on loopback.
 
-    .venv/bin/python benchmarks/longlink.py                    # direct, 10 ms, 50 ms; 3 rounds
-    .venv/bin/python benchmarks/longlink.py --rtts 0,10 --rounds 1 --workloads W1
+    .venv/bin/python benchmarks/longlink.py              # direct, 0, 10, 50 ms; 3 rounds
+    .venv/bin/python benchmarks/longlink.py --rtts direct,10 --rounds 1 --workloads W1
 
 Topology (as a user would run it, with CurveZMQ): ``ZmqExecutor(listen="tcp://127.0.0.1:*",
 token=...)`` and two worker hosts ``python -m zmqexecutor worker ADDRESS -n 1`` (token in
 ``$ZMQEXECUTOR_TOKEN``). Both directions cross a proxy: each host connects to the
 executor's sink through one, and its worker process binds its inbox to a fixed port and
 advertises (``--advertise 127.0.0.1:P-P``) the port of another proxy in front of it, which the
-executor connects to. Each proxy forwards the bytes of each direction in order, each chunk
-RTT/2 after it arrived (there is no ``tc netem`` here); the proxies run in a child process,
-so they do not take the executor's GIL.
+executor connects to. ``direct`` runs without proxies, ``0`` through proxies without delay
+(what the proxies themselves cost on a machine of 2 cores). Each proxy forwards the bytes
+of each direction in order, each chunk RTT/2 after it arrived (there is no ``tc netem``
+here); the proxies run in a child process, so they do not take the executor's GIL.
 
 Workloads (``run.py``'s): W1, 20,000 ``noop()`` submitted, then waited for (tasks/s); W5,
 120 ``sleep_for(d)`` with d = 0.4 s every tenth, else 0.02 s (makespan / ideal). Each round
@@ -106,9 +107,10 @@ def free_port() -> int:
 
 
 class Cluster:
-    """An executor, two worker hosts of one process each, and (rtt > 0) the proxies."""
+    """An executor, two worker hosts of one process each, and (rtt_ms not None) the
+    proxies."""
 
-    def __init__(self, rtt_ms: float) -> None:
+    def __init__(self, rtt_ms: float | None) -> None:
         import zmqexecutor._security
         from zmqexecutor import ZmqExecutor
 
@@ -121,13 +123,14 @@ class Cluster:
         hosts, routes = [], []
         for _ in range(2):
             inbox = free_port()
-            if rtt_ms:
+            if rtt_ms is not None:
                 sink_proxy, inbox_proxy = free_port(), free_port()
                 routes += [f"{sink_proxy}:{sink_port}", f"{inbox_proxy}:{inbox}"]
                 hosts.append((sink_proxy, inbox, inbox_proxy))
             else:
                 hosts.append((sink_port, inbox, inbox))
         if routes:
+            assert rtt_ms is not None
             cmd = [sys.executable, __file__, "--proxy", *routes, "--delay", str(rtt_ms / 2000)]
             proxy = subprocess.Popen(cmd, stdout=subprocess.PIPE)
             self.procs.append(proxy)
@@ -170,7 +173,7 @@ class Cluster:
                     p.wait(5)
 
 
-def measure(rtt_ms: float, workloads: list[str]) -> dict[str, float]:
+def measure(rtt_ms: float | None, workloads: list[str]) -> dict[str, float]:
     import run
 
     cluster = Cluster(rtt_ms)
@@ -194,38 +197,42 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rtts", default="0,10,50", help="round trips in ms (0: direct)")
+    ap.add_argument(
+        "--rtts",
+        default="direct,0,10,50",
+        help="round trips in ms through the proxies (direct: no proxy; 0: the proxies' own cost)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workloads", default="W1,W5")
-    ap.add_argument("--w5-rtts", default="0,10", help="round trips that also run W5")
+    ap.add_argument("--w5-rtts", default="direct,10", help="round trips that also run W5")
     ap.add_argument("--proxy", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--delay", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.proxy is not None:
         proxy_main(a.proxy, a.delay)
         return
-    rtts = [float(x) for x in a.rtts.split(",")]
-    w5_rtts = {float(x) for x in a.w5_rtts.split(",")}
+    rtts = a.rtts.split(",")
+    w5_rtts = set(a.w5_rtts.split(","))
     workloads = a.workloads.split(",")
-    results: dict[float, list[dict[str, float]]] = {r: [] for r in rtts}
+    results: dict[str, list[dict[str, float]]] = {r: [] for r in rtts}
     for n in range(a.rounds):
         for rtt in rtts:
             wids = [w for w in workloads if w != "W5" or rtt in w5_rtts]
-            r = measure(rtt, wids)
-            print(f"round {n + 1} rtt {rtt:g} ms: {r}", file=sys.stderr, flush=True)
+            r = measure(None if rtt == "direct" else float(rtt), wids)
+            print(f"round {n + 1} rtt {rtt}: {r}", file=sys.stderr, flush=True)
             results[rtt].append(r)
-    print("| round trip | W1 tasks/s | vs direct (median of rounds) | W5 makespan/ideal |")
+    print(f"| round trip | W1 tasks/s | vs {rtts[0]} (median; per round) | W5 makespan/ideal |")
     print("|---|---|---|---|")
     for rtt in rtts:
         runs = results[rtt]
         w1 = statistics.median(r["W1"] for r in runs) if "W1" in workloads else float("nan")
         ratios = ""
-        if "W1" in workloads and 0.0 in results:
-            per = [r["W1"] / d["W1"] for r, d in zip(runs, results[0.0], strict=True)]
+        if "W1" in workloads and rtts[0] in results:
+            per = [r["W1"] / d["W1"] for r, d in zip(runs, results[rtts[0]], strict=True)]
             ratios = f"{statistics.median(per):.2f} ({', '.join(f'{x:.2f}' for x in per)})"
         w5 = [r["W5"] for r in runs if "W5" in r]
         w5s = f"{statistics.median(w5):.3f} ({', '.join(f'{x:.3f}' for x in w5)})" if w5 else ""
-        label = "direct" if rtt == 0 else f"{rtt:g} ms"
+        label = rtt if rtt == "direct" else f"{rtt} ms (proxied)"
         print(f"| {label} | {w1:,.0f} | {ratios} | {w5s} |")
 
 

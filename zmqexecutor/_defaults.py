@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: protocol version carried in every message header; bump on any incompatible change
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: a worker process may hold tasks beyond the one it runs (prefetch) only while they are
 #: known to be short: at most this many seconds of expected work queued per slot...
@@ -12,6 +12,25 @@ PREFETCH_BUDGET = 0.005
 MAX_PREFETCH = 256
 #: ...and only while at least this many tasks per ready slot wait in the executor's queue
 PREFETCH_BACKLOG = 4
+#: on a link with a round trip (RTT, measured per host), a worker may also hold this many
+#: round trips of expected work beyond the budget, so that it never idles while results and
+#: new tasks cross the link (the bandwidth-delay product of TCP's window)...
+WINDOW_RTTS = 2.0
+#: ...of tasks known to be short for that link: expected to run at most this many RTTs (a
+#: longer task loses at most 1/10 of its time to the round trip if it is not prefetched)...
+SHORT_RTTS = 10.0
+#: ...and at most this many tasks per slot more; a task counts at least this long
+#: (seconds: what a worker spends on a task besides running it), so that the window of a
+#: no-op task is a number of tasks, not unbounded
+MAX_WINDOW = 4096
+TASK_COST_FLOOR = 20e-6
+#: a worker with a free slot and nothing to take asks a worker holding more than one round
+#: trip of queued work to give back its tail (RECALL) if what it would take back outlasts
+#: this many round trips (the RECALL's own round trip, and sending the tasks on)
+RECALL_RTTS = 1.5
+#: a worker process looks at its inbox between tasks at most this often (seconds) while it
+#: works through what it holds: new tasks join its queue, RECALLs are answered
+INBOX_CHECK_INTERVAL = 0.0005
 #: most tasks (or results) packed into one message
 DEFAULT_MAX_BATCH = 64
 #: a worker holds the results of short tasks for at most about this long (seconds) to batch

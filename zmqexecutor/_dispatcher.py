@@ -179,6 +179,7 @@ class Dispatcher(threading.Thread):
                 if core.finished():
                     break
                 self._dispatch()  # first: a woken loop sends a new task before anything else
+                self._recall()
                 self._housekeeping()
                 self._answer_stats_requests()
                 self._answer_versions_requests()
@@ -396,6 +397,17 @@ class Dispatcher(threading.Thread):
             self._send_tasks(w, items)
         self._close_links()
 
+    def _recall(self) -> None:
+        """Send the RECALLs the core decides on (on the PUSH that carried the tasks: a
+        worker reads a RECALL after every task sent before it)."""
+        self.core.rebalance()
+        recalls = self.core.recalls
+        while recalls:
+            w, task_ids = recalls.pop()
+            link = self.links.get(w.worker_id)
+            if link is not None:
+                link.push.send_multipart(proto.recall(self.session, w.recall_id, task_ids))
+
     def _housekeeping(self) -> None:
         self.core.tick(time.monotonic())
         self._close_links()
@@ -510,6 +522,9 @@ class Dispatcher(threading.Thread):
             core.results(sender, records, time.monotonic(), load_result)
             return
         body = proto.parse_control(frames)
+        if kind is Kind.RETURNED:  # also from a worker that died since: see core.returned
+            core.returned(str(body.get("id")), *proto.parse_recall(body))
+            return
         w = core.workers.get(str(body.get("id")))
         if w is None:
             log.debug("%s from an unknown worker %s", kind.name, body.get("id"))

@@ -40,6 +40,12 @@ class WorkerState:
     unknown: int = 0
     #: tasks this worker may still receive (max_tasks_per_child), None = unlimited
     remaining: int | None = None
+    #: when its last result arrived
+    answered: float = 0.0
+    #: the RECALL it has not answered yet (0: none), and the tasks it asks for that the
+    #: worker still holds
+    recall_id: int = 0
+    recall: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
         return f"worker {self.host} pid {self.pid}"
@@ -59,6 +65,8 @@ class HostState:
     host_id: str
     name: str
     last_seen: float
+    #: moving average of the round trip to its worker processes (seconds; None: not known)
+    rtt: float | None = None
     workers: set[str] = field(default_factory=set)
     #: what it declared (--resources GPU=2), what its tasks hold now, and which whole units
     #: are free (an integral amount is numbered 0..n-1, so a task can learn which it holds)

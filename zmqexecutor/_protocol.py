@@ -72,6 +72,7 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 7
     VERSIONS = 8  #: a worker process's answer to ASK_VERSIONS
     OUTPUT = 9  #: a host's worker processes wrote to stdout/stderr (see output())
+    RETURNED = 10  #: a worker process's answer to RECALL: the tasks it gave back
     # executor -> worker (an inbox) or worker host (its rendezvous socket)
     WELCOME = 16
     TASKS = 17
@@ -79,6 +80,7 @@ class Kind(enum.IntEnum):
     ATTACH = 19
     REFUSE = 20  #: registration refused (versions); kept stable across protocol versions
     ASK_VERSIONS = 21  #: which versions of these packages does your host have?
+    RECALL = 22  #: give back these tasks if you have not started them
 
 
 class Status(enum.IntEnum):
@@ -521,3 +523,30 @@ def parse_versions_reply(body: dict[str, Any], asked: Sequence[str]) -> dict[str
     if not isinstance(versions, dict):
         raise ProtocolError("VERSIONS without versions")
     return {name: clean_version(versions.get(name)) for name in asked}
+
+
+# -- taking back queued tasks (JSON both ways; answered between tasks) -----------------------
+
+
+def recall(session: bytes, recall_id: int, task_ids: Sequence[int]) -> list[bytes]:
+    """RECALL (executor -> worker process): give back those of ``task_ids`` not started."""
+    return control(Kind.RECALL, {"recall": recall_id, "tasks": list(task_ids)}, session)
+
+
+def returned(
+    session: bytes, worker_id: str, recall_id: int, task_ids: Sequence[int]
+) -> list[bytes]:
+    """RETURNED (worker process -> executor): the tasks of RECALL ``recall_id`` it gave
+    back; it never starts them. Those it was asked for and does not name, it had started."""
+    body = {"id": worker_id, "recall": recall_id, "tasks": list(task_ids)}
+    return control(Kind.RETURNED, body, session)
+
+
+def parse_recall(body: dict[str, Any]) -> tuple[int, list[int]]:
+    """(recall id, task ids) of a RECALL or RETURNED body, checked."""
+    recall_id, tasks = body.get("recall"), body.get("tasks")
+    if type(recall_id) is not int or not isinstance(tasks, list):
+        raise ProtocolError(f"{'RETURNED' if 'id' in body else 'RECALL'} without recall or tasks")
+    if not all(type(t) is int for t in tasks):
+        raise ProtocolError("RECALL or RETURNED with a task id that is not an integer")
+    return recall_id, tasks

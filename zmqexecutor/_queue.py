@@ -28,6 +28,8 @@ class WorkItem:
     estimate: float | None = None
     #: when it was last sent
     sent_at: float = 0.0
+    #: it was sent to an idle worker: its result times the host's round trip
+    probe: bool = False
     #: workers (and hosts) it was lost on; a retry never goes back to them (None: none yet,
     #: so that a million queued tasks do not carry a million empty sets)
     lost_on: set[str] | None = None

@@ -60,14 +60,13 @@ from ._defaults import (
     DEFAULT_MAX_MESSAGE_SIZE,
     LOST_HOSTS_KEPT,
     LOST_RESULT_GRACE,
-    MAX_PREFETCH,
     NO_WORKER_WARNING,
     PREFETCH_BACKLOG,
-    PREFETCH_BUDGET,
 )
 from ._hosts import HostState, Unsatisfiable, WorkerState, has_slot, load, place
 from ._protocol import ResultRecord, learn_duration
 from ._queue import TaskQueue, WorkItem
+from ._window import may_prefetch, recall_tail, round_trip
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 
 __all__ = ["HostState", "Scheduler", "Settings", "TaskQueue", "WorkItem", "WorkerState"]
@@ -151,6 +150,11 @@ class Scheduler:
         self.resolved: list[tuple[Future[Any], bool, Any]] = []
         #: workers whose link (PUSH socket) is to be closed
         self.closed: list[str] = []
+        #: RECALLs to send: (worker, ids of the tasks it is asked to give back)
+        self.recalls: list[tuple[WorkerState, list[int]]] = []
+        #: a worker got a free slot since the last rebalance()
+        self._rebalance = False
+        self._recall_ids = itertools.count(1)
 
     # -- state questions -------------------------------------------------------------------
 
@@ -247,6 +251,7 @@ class Scheduler:
         self._ready_slots += w.slots
         if has_slot(w):
             self._idle[w.worker_id] = w
+            self._rebalance = True
         log.info("%s is ready", w.describe())
 
     def worker_init_failed(self, w: WorkerState, error: str, traceback: str) -> None:
@@ -354,6 +359,9 @@ class Scheduler:
             item = self._forget(w, record.task_id)
             assert item is not None  # owner and outstanding agree (invariant 1)
             learn_duration(self.durations, item.digest, record.duration)
+            w.answered = now
+            if item.probe and (host := self.hosts.get(w.host_id)) is not None:
+                host.rtt = round_trip(host.rtt, now - item.sent_at - record.duration)
             ok, value = load(record)
             w.done += 1
             if ok:
@@ -362,6 +370,56 @@ class Scheduler:
                 w.failed += 1
                 self.failed += 1
             self.resolved.append((item.future, ok, value))
+
+    def rebalance(self) -> None:
+        """Workers with a free slot and nothing queued for them: ask those that hold the most
+        queued work for the tail of it (a RECALL each, see ``_window.recall_tail``); the
+        answer (``returned``) puts what they gave back at the front of the queue."""
+        if not self._rebalance:
+            return
+        self._rebalance = False
+        if self.pending or not self._idle or self.broken is not None:
+            return
+        donors = [
+            w for w in self._ready.values() if len(w.outstanding) > w.slots and not w.recall_id
+        ]
+        donors.sort(key=lambda w: len(w.outstanding) / w.slots, reverse=True)
+        for idle, donor in zip(list(self._idle.values()), donors, strict=False):
+            ids = recall_tail(donor, self._rtt(donor) + self._rtt(idle) / 2)
+            if ids:
+                donor.recall_id = next(self._recall_ids)
+                donor.recall.update(ids)
+                self.recalls.append((donor, ids))
+
+    def _rtt(self, w: WorkerState) -> float:
+        host = self.hosts.get(w.host_id)
+        return host.rtt or 0.0 if host is not None else 0.0
+
+    def returned(self, sender: str, recall_id: int, task_ids: Iterable[int]) -> None:
+        """RETURNED: the worker ``sender`` answers the RECALL ``recall_id`` with the tasks it
+        gave back, which it never started and never will (it decides between tasks); the
+        others it was asked for it had started, and keeps. Its answer may come after it
+        died (it was sent before), while its finished tasks wait for their results (the
+        grace period): it counts then too."""
+        task_ids = list(task_ids)
+        w = self.workers.get(sender)
+        if w is None:  # gone: the dead worker that holds them, if any
+            owners = (self.owner.get(i) for i in task_ids)
+            w = next((o for o in owners if o is not None and o.worker_id == sender), None)
+        if w is None or not recall_id or w.recall_id != recall_id:
+            self.discarded_results += len(task_ids)  # replayed, late, or never asked for
+            return
+        back: list[WorkItem] = []
+        for task_id in task_ids:
+            if self.owner.get(task_id) is not w or task_id not in w.recall:
+                self.discarded_results += 1  # not asked for
+                continue
+            item = self._forget(w, task_id)
+            assert item is not None  # owner and outstanding agree (invariant 1)
+            back.append(item)
+        w.recall.clear()  # the rest had started: their results come
+        w.recall_id = 0
+        self._requeue(back)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -539,6 +597,8 @@ class Scheduler:
             worker_id = w.worker_id
             item.estimate = self.durations.get(item.digest)
             item.sent_at = now
+            # the first task sent to an idle worker times its host's round trip
+            item.probe = not w.outstanding and item.estimate is not None
             w.hold(item)
             w.outstanding[item.task_id] = item
             self.owner[item.task_id] = w
@@ -564,8 +624,9 @@ class Scheduler:
     def _accepts(self, w: WorkerState, item: WorkItem, now: float, backlog: bool) -> bool:
         """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
         while many tasks wait (``backlog``) and only tasks known to be short, up to
-        PREFETCH_BUDGET seconds of queued work, so that batching pays for small tasks and a
-        prefetched task never waits long behind another while a worker is idle. Once
+        PREFETCH_BUDGET seconds of queued work and the round-trip window (``_window.py``),
+        so that batching pays for small tasks, a worker across a long link never idles
+        for a round trip, and a prefetched task never waits long behind another. Once
         priorities or resources are in use, nothing is prefetched: a task queued on a
         worker could not be taken back for a higher priority one."""
         held = len(w.outstanding)
@@ -578,13 +639,10 @@ class Scheduler:
         if self.settings.prefetch is not None:
             return held < w.slots + self.settings.prefetch
         estimate = self.durations.get(item.digest)
-        if not backlog or estimate is None or w.unknown or held >= w.slots * MAX_PREFETCH:
+        if not backlog or estimate is None or w.unknown:
             return False
-        if w.queued + estimate > PREFETCH_BUDGET * w.slots:
-            return False
-        # a task that runs much longer than expected may block: queue nothing behind it
-        oldest = next(iter(w.outstanding.values()))
-        return now - oldest.sent_at <= w.queued + PREFETCH_BUDGET
+        host = self.hosts.get(w.host_id)
+        return may_prefetch(w, estimate, now, host.rtt if host is not None else None)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -596,6 +654,8 @@ class Scheduler:
         if self.owner.get(task_id) is w:
             del self.owner[task_id]
         self._release(w, item)
+        if w.recall:
+            w.recall.discard(task_id)
         if item.estimate is None:
             w.unknown -= 1
         elif w.outstanding:
@@ -604,6 +664,7 @@ class Scheduler:
             w.queued = 0.0  # no drift from float sums
         if w.ready and w.worker_id not in self._idle and has_slot(w):
             self._idle[w.worker_id] = w
+            self._rebalance = True
         return item
 
     def _release(self, w: WorkerState, item: WorkItem) -> None:

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -32,6 +32,7 @@ from ._defaults import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ENV_TOKEN,
     HELLO_INTERVAL,
+    INBOX_CHECK_INTERVAL,
     RESULT_BATCH_WINDOW,
     TICK,
     WORKER_EXIT_TIMEOUT,
@@ -63,6 +64,8 @@ EXIT_NO_PORT = 5
 #: task ids a worker process remembers, so that a replayed task never runs twice
 SEEN_TASKS = 65536
 
+_POLLIN = int(zmq.POLLIN)
+
 
 class _Refused(Exception):
     """The executor refused this worker (versions differ): a person must act."""
@@ -93,6 +96,8 @@ class WorkerProcess:
         #: moving average of each callable's run time here: may its results wait in a batch?
         self.durations: dict[bytes, float] = {}
         self.seen_order: deque[int] = deque()
+        #: a message read between tasks that waits until they are done (DETACH, ASK_VERSIONS)
+        self._stashed: list[Any] | None = None
         self.ctx = zmq.Context()
         token = os.environ.get(ENV_TOKEN) if config.get("secure") else None
         self.security = Security(token)
@@ -311,12 +316,15 @@ class WorkerProcess:
             if self.executor_dropped:
                 log.info("%s: the connection to the executor dropped; leaving", self.origin)
                 break  # BYE reaches the executor if it is still the same one
-            if not self._wait(self._inbox_poller, self.inbox, TICK):
+            if self._stashed is not None:
+                frames, self._stashed = self._stashed, None
+            elif not self._wait(self._inbox_poller, self.inbox, TICK):
                 if self._orphaned():
                     log.error("%s: supervisor is gone, exiting", self.origin)
                     return
                 continue
-            frames = recv_frames(self.inbox)
+            else:
+                frames = recv_frames(self.inbox)
             try:
                 kind, session, _ = proto.parse_header(frames[0])
                 if session != self.session:
@@ -326,6 +334,9 @@ class WorkerProcess:
                     return
                 if kind is Kind.ASK_VERSIONS:
                     self._answer_versions(frames)
+                    continue
+                if kind is Kind.RECALL:  # everything it asks for has started already
+                    self._give_back(deque(), *proto.parse_recall(proto.parse_control(frames)))
                     continue
                 if kind is not Kind.TASKS:
                     raise proto.ProtocolError(f"unexpected {kind.name}")
@@ -357,8 +368,10 @@ class WorkerProcess:
         # they are sent once the oldest is that old, and before any task that may run long
         # (a crash would lose them, and a slow task would delay them).
         results: list[ResultRecord] = []
-        held_since = 0.0
-        for task in tasks:
+        held_since = checked = 0.0
+        queue = deque(tasks)
+        while queue:
+            task = queue.popleft()
             if self.draining:
                 break  # the rest never started: BYE tells the executor to send them elsewhere
             if self._replayed(task.task_id):
@@ -386,11 +399,49 @@ class WorkerProcess:
             if end - held_since > RESULT_BATCH_WINDOW:
                 self._send_results(results)
                 results = []
+            if end - checked > INBOX_CHECK_INTERVAL and queue:
+                checked = end
+                self._between_tasks(queue)
         if results:
             self._send_results(results)
         if self.draining:
             self._say_bye()
         return self.draining
+
+    def _between_tasks(self, queue: deque[proto.TaskRecord]) -> None:
+        """Read the inbox without waiting: new TASKS join ``queue``, a RECALL is answered
+        from it (a task it holds has not started), anything else waits until it is done."""
+        while self._stashed is None and cast(int, self.inbox.get(zmq.EVENTS)) & _POLLIN:
+            frames = recv_frames(self.inbox, zmq.NOBLOCK)
+            try:
+                kind, session, _ = proto.parse_header(frames[0])
+                if session != self.session:
+                    raise proto.ProtocolError("message from another session")
+                if kind is Kind.TASKS:
+                    recipient, functions, tasks = proto.decode_tasks(frames)
+                    if recipient != self._id_bytes:
+                        raise proto.ProtocolError("TASKS for another worker process")
+                    for digest, data in functions.items():
+                        self._learn_function(digest, data)
+                    queue.extend(tasks)
+                elif kind is Kind.RECALL:
+                    self._give_back(queue, *proto.parse_recall(proto.parse_control(frames)))
+                else:
+                    self._stashed = frames
+            except proto.ProtocolError as e:
+                log.warning("%s dropped a bad message: %s", self.origin, e)
+
+    def _give_back(self, queue: deque[proto.TaskRecord], recall_id: int, asked: list[int]) -> None:
+        """Answer a RECALL: take the tasks asked for out of ``queue`` (never started) and
+        name them; the others asked for have started, and run here."""
+        wanted = set(asked)
+        back = [t.task_id for t in queue if t.task_id in wanted]
+        if back:
+            kept = [t for t in queue if t.task_id not in wanted]
+            queue.clear()
+            queue.extend(kept)
+        reply = proto.returned(self.session, self.worker_id, recall_id, back)
+        self.sink.send_multipart(reply)
 
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
