@@ -34,14 +34,18 @@ from hypothesis.stateful import (
 )
 
 from zmqexecutor._defaults import LOST_RESULT_GRACE
+from zmqexecutor._hosts import has_slot
 from zmqexecutor._protocol import ResultRecord, Status
 from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
+from zmqexecutor._window import recall_tail
 
 HB_INTERVAL = 0.2
 HB_TIMEOUT = 1.0
 NO_WORKER_TIMEOUT = 3.0
 DIGESTS = [bytes([i]) * 16 for i in range(3)]
 EXAMPLES = int(os.environ.get("ZMQEXECUTOR_SIM_EXAMPLES", "250"))
+#: round trips a host's link may be measured at (seconds)
+RTTS = [0.0, 0.0, 0.0005, 0.002, 0.05]
 
 
 @dataclass(eq=False)
@@ -56,8 +60,12 @@ class SimWorker:
     running: tuple[int, WorkItem] | None = None
     last_started: int = 0
     done: int = 0
-    #: messages on their way to the executor, in order: ("result", task id) or ("bye",)
+    #: messages on their way to the executor, in order: ("result", task id, duration),
+    #: ("returned", recall id, task ids) or ("bye",)
     outbox: deque[tuple[Any, ...]] = field(default_factory=deque)
+    #: RECALLs received and not answered yet: (recall id, task ids asked for); each came
+    #: after the tasks it asks for (one socket), so they are running, done or in ``inbox``
+    recalls: deque[tuple[int, list[int]]] = field(default_factory=deque)
     alive: bool = True  #: the process exists
     draining: bool = False  #: SIGTERM: finish the running task, then BYE
     leaving: bool = False  #: sent BYE
@@ -85,6 +93,9 @@ class SimHost:
     incarnation: int = 0
     #: what it declares (--resources)
     resources: dict[str, float] = field(default_factory=dict)
+    #: the round trip of its link (seconds): the part of the time between sending a task
+    #: and its result that the worker does not report as the task's run time
+    rtt: float = 0.0
 
 
 class SchedulerSimulation(RuleBasedStateMachine):
@@ -95,6 +106,8 @@ class SchedulerSimulation(RuleBasedStateMachine):
         self.sim_workers: list[SimWorker] = []
         self.ends: Counter[int] = Counter()  #: future id -> times it ended
         self.exec_count: Counter[int] = Counter()  #: item index -> times started
+        self.id_starts: Counter[int] = Counter()  #: task id -> times started
+        self.started_twice: list[int] = []  #: task ids started more than once
         self.index: dict[int, int] = {}  #: id(item) -> index in self.items
         self.delivered: list[tuple[str, int]] = []  #: results delivered (for replays)
         self.ids = itertools.count(1)
@@ -108,6 +121,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
         max_tasks=st.sampled_from([None, None, 1, 3]),
         hosts=st.integers(1, 3),
         gpus=st.lists(st.sampled_from([0, 0, 1, 2]), min_size=3, max_size=3),
+        plain=st.booleans(),
     )
     def setup(
         self,
@@ -116,7 +130,11 @@ class SchedulerSimulation(RuleBasedStateMachine):
         max_tasks: int | None,
         hosts: int,
         gpus: tuple[int, ...] = (0, 0, 0),
+        plain: bool = False,
     ) -> None:
+        #: only tasks of the default priority without resources: they may be prefetched
+        #: (and taken back), which a priority or a resource request anywhere turns off
+        self.plain = plain
         self.settings = Settings(
             prefetch=prefetch,
             max_tasks_per_child=max_tasks,
@@ -160,6 +178,11 @@ class SchedulerSimulation(RuleBasedStateMachine):
                     "a retry went back where it was lost"
                 )
                 sim.inbox.append((item.task_id, item))
+        core.rebalance()
+        for w, task_ids in core.recalls:
+            assert w.alive and w.recall_id, f"a RECALL to {w.worker_id}, which is gone"
+            self.sim_of(w).recalls.append((w.recall_id, list(task_ids)))
+        core.recalls.clear()
         self.apply_resolutions()
         core.closed.clear()
 
@@ -215,6 +238,8 @@ class SchedulerSimulation(RuleBasedStateMachine):
         assert self.core is not None
         if self.core.shutdown_requested:
             return  # the executor refuses new work after shutdown()
+        if self.plain:
+            priority, resources = 0, None
         for _ in range(n):
             item = WorkItem(Future(), next(self.ids), digest, b"fn", b"args", ())
             item.priority, item.resources = priority, resources
@@ -294,6 +319,9 @@ class SchedulerSimulation(RuleBasedStateMachine):
         sim.running = (task_id, item)
         sim.last_started = task_id
         self.exec_count[self.index[id(item)]] += 1
+        self.id_starts[task_id] += 1
+        if self.id_starts[task_id] > 1:
+            self.started_twice.append(task_id)
 
     @precondition(lambda self: self.eligible(lambda s: s.alive and (s.running or s.inbox)))
     @rule(data=st.data(), k=st.integers(1, 3))
@@ -302,10 +330,10 @@ class SchedulerSimulation(RuleBasedStateMachine):
         ``k`` times (leaving results unsent and, often, a task running)."""
         self.work_on(self.draw(data, lambda s: s.alive and (s.running or s.inbox)), k)
 
-    def work_on(self, sim: SimWorker, k: int) -> None:
+    def work_on(self, sim: SimWorker, k: int, duration: float = 0.001) -> None:
         for _ in range(k):
             if sim.running is not None:
-                self.finish(sim, 0.001)
+                self.finish(sim, duration)
             if not self.can_start(sim):
                 break
             self.start(sim)
@@ -339,6 +367,23 @@ class SchedulerSimulation(RuleBasedStateMachine):
         if sim.running is None:  # else the running task finishes first, then BYE
             self._leave(sim)
 
+    @staticmethod
+    def can_answer(sim: SimWorker) -> bool:
+        return sim.alive and bool(sim.recalls) and not sim.leaving
+
+    @precondition(lambda self: self.eligible(self.can_answer))
+    @rule(data=st.data())
+    def answer_recall(self, data: st.DataObject) -> None:
+        self.answer(self.draw(data, self.can_answer))
+
+    def answer(self, sim: SimWorker) -> None:
+        """Between tasks, the worker answers its oldest RECALL: it gives back the tasks
+        asked for that it holds and has not started (the one it runs stays)."""
+        recall_id, asked = sim.recalls.popleft()
+        back = [task_id for task_id, _ in sim.inbox if task_id in asked]
+        sim.inbox = deque(entry for entry in sim.inbox if entry[0] not in back)
+        sim.outbox.append(("returned", recall_id, back))
+
     @precondition(lambda self: self.eligible(lambda s: s.outbox))
     @rule(data=st.data(), n=st.integers(1, 3))
     def deliver_results(self, data: st.DataObject, n: int) -> None:
@@ -354,7 +399,13 @@ class SchedulerSimulation(RuleBasedStateMachine):
             message = sim.outbox.popleft()
             if message[0] == "result":
                 _, task_id, duration = message
+                held = self.core.owner.get(task_id)
+                item = held.outstanding.get(task_id) if held is not None else None
+                if item is not None and held is sim.state:  # time passed: it ran long
+                    duration = max(duration, self.now - item.sent_at - sim.host.rtt)
                 self._deliver_result(sim.worker_id, task_id, duration)
+            elif message[0] == "returned":
+                self.core.returned(sim.worker_id, message[1], message[2])
             elif sim.state.alive:
                 self.core.worker_left(sim.state, sim.done)
                 sim.alive = False
@@ -434,6 +485,11 @@ class SchedulerSimulation(RuleBasedStateMachine):
             self.resume_host(host)
             self.after_event()
 
+    @rule(data=st.data(), rtt=st.sampled_from(RTTS))
+    def change_link(self, data: st.DataObject, rtt: float) -> None:
+        """A host's link gets slower or faster (the scheduler times it in ``results``)."""
+        data.draw(st.sampled_from(self.hosts)).rtt = rtt
+
     @rule(dt=st.sampled_from([0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]))
     def advance(self, dt: float) -> None:
         """Time passes; hosts that are not frozen say they are alive on the way."""
@@ -501,6 +557,44 @@ class SchedulerSimulation(RuleBasedStateMachine):
             return
         for i, count in self.exec_count.items():
             assert count <= 1 + self.settings.max_retries, f"task {i} ran {count} times"
+
+    @invariant()
+    def a_task_id_starts_once(self) -> None:
+        """A task that may have run is sent again only under a new id (a retry): a task
+        taken back (RECALL, BYE, a death before it started) had not started."""
+        assert not self.started_twice, f"task ids {self.started_twice} started twice"
+
+    @invariant()
+    def recalls_agree(self) -> None:
+        """A worker is asked for tasks only by one RECALL at a time, and only for tasks it
+        holds."""
+        core = self.core
+        if core is None:
+            return
+        for sim in self.sim_workers:
+            w = sim.state
+            assert w.recall <= set(w.outstanding), f"{w.worker_id} asked for tasks it lacks"
+            assert w.recall_id or not w.recall, f"{w.worker_id} asked without a RECALL"
+
+    @invariant()
+    def no_idle_worker_beside_a_long_queue(self) -> None:
+        """No lost wake-up of the recall rule: while a ready worker has a free slot (so
+        nothing waits that it may take: invariant 4), every worker holding a tail worth
+        taking back has been asked for it (or the ready workers with a free slot are all
+        matched with a RECALL already)."""
+        core = self.core
+        if core is None or core.broken is not None:
+            return
+        idle = [w for w in core.workers.values() if w.ready and w.alive and has_slot(w)]
+        asked = sum(1 for w in core.workers.values() if w.recall_id)
+        if not idle or asked >= len(idle):
+            return
+        for w in core.workers.values():
+            if w.ready and w.alive and not w.recall_id and len(w.outstanding) > w.slots:
+                rtt = max(core._rtt(w), *(core._rtt(i) for i in idle))
+                assert not recall_tail(w, 1.5 * rtt), (
+                    f"{w.worker_id} holds a tail worth taking back while {idle[0].worker_id} idles"
+                )
 
     @invariant()
     def futures_end_once(self) -> None:
@@ -612,11 +706,16 @@ class SchedulerSimulation(RuleBasedStateMachine):
             self.after_event()
             for sim in list(self.sim_workers):
                 if not sim.alive:
-                    while sim.outbox:  # late results of the dead
+                    while sim.outbox:  # late results (and answers) of the dead
                         message = sim.outbox.popleft()
                         if message[0] == "result":
                             self._deliver_result(sim.worker_id, message[1])
+                        elif message[0] == "returned":
+                            core.returned(sim.worker_id, message[1], message[2])
                     continue
+                while sim.recalls and not sim.leaving:
+                    busy = True
+                    self.answer(sim)
                 while sim.running or (sim.inbox and not sim.stopping):
                     busy = True
                     if sim.running is None:
@@ -638,18 +737,32 @@ WALKS = int(os.environ.get("ZMQEXECUTOR_SIM_WALKS", "1500"))
 WALK_STEPS = 200
 
 
-def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
-    """Drive a simulation from ``seed``; return the trace (raises on a broken invariant)."""
+def random_walk(seed: int, steps: int = WALK_STEPS, recall: bool = False) -> list[str]:
+    """Drive a simulation from ``seed``; return the trace (raises on a broken invariant).
+    With ``recall`` the walk favours prefetch and RECALL: plain tasks in bursts, short
+    run times, short links, and small steps of time."""
     rng = random.Random(seed)
     sim = SchedulerSimulation()
     sim.setup(
         max_retries=rng.choice([0, 0, 1, 2]),
-        prefetch=rng.choice([None, None, 0, 2]),
-        max_tasks=rng.choice([None, None, 1, 3]),
+        prefetch=rng.choice([None, None, 2] if recall else [None, None, 0, 2]),
+        max_tasks=rng.choice([None, None, None, 3] if recall else [None, None, 1, 3]),
         hosts=rng.randint(1, 3),
-        gpus=tuple(rng.choice([0, 0, 1, 2]) for _ in range(3)),
+        gpus=(0, 0, 0) if recall else tuple(rng.choice([0, 0, 1, 2]) for _ in range(3)),
+        plain=recall or rng.random() < 0.5,
     )
+    durations = [0.0001, 0.0002] if recall else [0.0001, 0.001, 0.05]
+    rtts = [0.0, 0.0, 0.0005] if recall else RTTS
+    steps_of_time = [0.0001, 0.0001, 0.0001, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]
+    if not recall:
+        steps_of_time = [0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]
+    weights = [12, 5, 20, 14, 5, 2, 3, 3, 12, 2, 1, 1, 1, 1, 6, 4]
+    if recall:
+        weights = [10, 1, 20, 16, 4, 1, 2, 2, 6, 1, 1, 1, 1, 1, 12, 3]
     trace = [f"setup {sim.settings} {[h.resources for h in sim.hosts]}"]
+    if recall:  # several workers from the start, on one host or on several
+        for _ in range(rng.randint(2, 4)):
+            sim.add_worker(rng.choice(sim.hosts), rng.choice([1, 1, 2]))
 
     def some(predicate: Any) -> SimWorker | None:
         found = sim.eligible(predicate)
@@ -658,11 +771,11 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
     def act() -> str:
         kind = rng.choices(
             ["submit", "join", "work", "deliver", "die", "sigterm", "freeze", "resume",
-             "advance", "cancel", "replay", "misdirect", "shutdown", "stall"],
-            weights=[12, 5, 20, 14, 5, 2, 3, 3, 12, 2, 1, 1, 1, 1],
+             "advance", "cancel", "replay", "misdirect", "shutdown", "stall", "recall", "link"],
+            weights=weights,
         )[0]  # fmt: skip
         if kind == "submit":
-            n = rng.randint(1, 6)
+            n = rng.randint(1, 48 if recall else 6)  # recall: a backlog, so prefetch
             priority = rng.choice([0, 0, 0, 0, 1, 2, -1])
             resources = rng.choice([None, None, None, None, {"GPU": 1}, {"GPU": 2}, {"TPU": 1}])
             sim.submit(n=n, digest=rng.choice(DIGESTS), priority=priority, resources=resources)
@@ -679,14 +792,14 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
             w = some(lambda s: s.alive and (s.running or s.inbox))
             if w is None:
                 return "work: none"
-            k = rng.randint(1, 3)
-            sim.work_on(w, k)
+            k = rng.randint(1, 8 if recall else 3)
+            sim.work_on(w, k, rng.choice(durations))
             return f"work {w.worker_id[-3:]} x{k}"
         if kind == "deliver":
             w = some(lambda s: s.outbox)
             if w is None:
                 return "deliver: none"
-            n = rng.randint(1, 3)
+            n = rng.randint(1, 8 if recall else 3)
             sim.deliver(w, n)
             return f"deliver {w.worker_id[-3:]} x{n}"
         if kind == "die":
@@ -711,7 +824,7 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
                 sim.after_event()
             return f"{kind} {host.host_id}"
         if kind == "advance":
-            dt = rng.choice([0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5])
+            dt = rng.choice(steps_of_time)
             sim.advance(dt)
             return f"advance {dt}"
         if kind == "cancel" and sim.items:
@@ -734,6 +847,16 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
         if kind == "stall":
             sim.stall()
             return "stall"
+        if kind == "link":
+            host = rng.choice(sim.hosts)
+            host.rtt = rng.choice(rtts)
+            return f"link of {host.host_id}: round trip {host.rtt}"
+        if kind == "recall":
+            w = some(sim.can_answer)
+            if w is None:
+                return "recall: none"
+            sim.answer(w)
+            return f"answer recall {w.worker_id[-3:]}"
         if kind == "shutdown":
             cancel = rng.random() < 0.5
             sim.shutdown(cancel_futures=cancel)
@@ -745,6 +868,9 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
         sim.every_task_is_in_exactly_one_place,
         sim.owner_agrees_with_outstanding,
         sim.at_most_once,
+        sim.a_task_id_starts_once,
+        sim.recalls_agree,
+        sim.no_idle_worker_beside_a_long_queue,
         sim.futures_end_once,
         sim.no_lost_wakeup,
     ]
@@ -764,6 +890,14 @@ def random_walk(seed: int, steps: int = WALK_STEPS) -> list[str]:
 def test_random_walks() -> None:
     for seed in range(WALKS):
         random_walk(seed)
+
+
+@pytest.mark.timeout(300)
+def test_random_walks_with_recalls() -> None:
+    """Walks where workers hold queued work and idle ones take it back (RECALL), through
+    deaths, host losses and answers that cross results (issue 11)."""
+    for seed in range(WALKS // 5):
+        random_walk(seed, recall=True)
 
 
 @pytest.mark.slow

@@ -360,8 +360,8 @@ class Scheduler:
             assert item is not None  # owner and outstanding agree (invariant 1)
             learn_duration(self.durations, item.digest, record.duration)
             w.answered = now
-            if item.probe and (host := self.hosts.get(w.host_id)) is not None:
-                host.rtt = round_trip(host.rtt, now - item.sent_at - record.duration)
+            if item.probe:  # sent to an idle worker: the rest is the link's round trip
+                self.round_trip(w.host_id, now - item.sent_at - record.duration)
             ok, value = load(record)
             w.done += 1
             if ok:
@@ -371,25 +371,36 @@ class Scheduler:
                 self.failed += 1
             self.resolved.append((item.future, ok, value))
 
+    def round_trip(self, host_id: str, seconds: float) -> None:
+        """A measurement of the round trip to the host ``host_id`` (see ``results``)."""
+        host = self.hosts.get(host_id)
+        if host is not None:
+            host.rtt = round_trip(host.rtt, seconds)
+            self._rebalance = True  # a tail may be worth taking back now
+
     def rebalance(self) -> None:
-        """Workers with a free slot and nothing queued for them: ask those that hold the most
-        queued work for the tail of it (a RECALL each, see ``_window.recall_tail``); the
-        answer (``returned``) puts what they gave back at the front of the queue."""
+        """After ``dispatch``, workers with a free slot have nothing in the queue they may
+        take (invariant 4): ask those that hold the most queued work for the tail of it (a
+        RECALL each, see ``_window.recall_tail``); the answer (``returned``) puts what
+        they gave back at the front of the queue."""
         if not self._rebalance:
             return
         self._rebalance = False
-        if self.pending or not self._idle or self.broken is not None:
+        if not self._idle or self.broken is not None:
             return
         donors = [
             w for w in self._ready.values() if len(w.outstanding) > w.slots and not w.recall_id
         ]
         donors.sort(key=lambda w: len(w.outstanding) / w.slots, reverse=True)
-        for idle, donor in zip(list(self._idle.values()), donors, strict=False):
-            ids = recall_tail(donor, self._rtt(donor) + self._rtt(idle) / 2)
-            if ids:
-                donor.recall_id = next(self._recall_ids)
-                donor.recall.update(ids)
-                self.recalls.append((donor, ids))
+        for idle in list(self._idle.values()):
+            for donor in donors:
+                ids = recall_tail(donor, self._rtt(donor) + self._rtt(idle) / 2)
+                if ids:
+                    donor.recall_id = next(self._recall_ids)
+                    donor.recall.update(ids)
+                    self.recalls.append((donor, ids))
+                    donors.remove(donor)
+                    break
 
     def _rtt(self, w: WorkerState) -> float:
         host = self.hosts.get(w.host_id)
@@ -420,6 +431,7 @@ class Scheduler:
         w.recall.clear()  # the rest had started: their results come
         w.recall_id = 0
         self._requeue(back)
+        self._rebalance = True  # it may hold a tail worth asking for again
 
     # -- time ------------------------------------------------------------------------------
 
