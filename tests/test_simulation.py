@@ -591,7 +591,8 @@ class SchedulerSimulation(RuleBasedStateMachine):
             return
         for w in core.workers.values():
             if w.ready and w.alive and not w.recall_id and len(w.outstanding) > w.slots:
-                rtt = max(core._rtt(w), *(core._rtt(i) for i in idle))
+                hosts = [core.hosts.get(x.host_id) for x in (w, *idle)]
+                rtt = max((h.rtt or 0.0) if h is not None else 0.0 for h in hosts)
                 assert not recall_tail(w, 1.5 * rtt), (
                     f"{w.worker_id} holds a tail worth taking back while {idle[0].worker_id} idles"
                 )
@@ -745,14 +746,14 @@ def random_walk(seed: int, steps: int = WALK_STEPS, recall: bool = False) -> lis
     sim = SchedulerSimulation()
     sim.setup(
         max_retries=rng.choice([0, 0, 1, 2]),
-        prefetch=rng.choice([None, None, 2] if recall else [None, None, 0, 2]),
+        prefetch=rng.choice([None, 4, 8] if recall else [None, None, 0, 2]),
         max_tasks=rng.choice([None, None, None, 3] if recall else [None, None, 1, 3]),
         hosts=rng.randint(1, 3),
         gpus=(0, 0, 0) if recall else tuple(rng.choice([0, 0, 1, 2]) for _ in range(3)),
         plain=recall or rng.random() < 0.5,
     )
     durations = [0.0001, 0.0002] if recall else [0.0001, 0.001, 0.05]
-    rtts = [0.0, 0.0, 0.0005] if recall else RTTS
+    rtts = [0.0, 0.0, 0.0, 0.0005] if recall else RTTS
     steps_of_time = [0.0001, 0.0001, 0.0001, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]
     if not recall:
         steps_of_time = [0.01, 0.1, HB_INTERVAL, LOST_RESULT_GRACE + 0.1, HB_TIMEOUT + 0.5]

@@ -9,7 +9,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ._defaults import DEFAULT_MAX_BATCH
+from ._defaults import DEFAULT_MAX_BATCH, LOST_HOSTS_KEPT
 from ._queue import WorkItem
 
 log = logging.getLogger("zmqexecutor.dispatcher")
@@ -105,6 +105,72 @@ class HostState:
         for k, held in (units or {}).items():
             if k in self.free_units:
                 self.free_units[k] = sorted(self.free_units[k] + held)
+
+
+class HostTable(dict[str, HostState]):
+    """The worker hosts by id, and those declared lost (bounded): a late heartbeat of a
+    lost host must not revive it (its worker processes register anew, under a new id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: OrderedDict[str, bool] = OrderedDict()
+        self.last_tick: float | None = None
+
+    def add(self, host_id: str, name: str, now: float) -> HostState:
+        host = self.get(host_id)
+        if host is None:
+            host = self[host_id] = HostState(host_id, name, now)
+        return host
+
+    def heard(
+        self, host_id: str, name: str, now: float, timeout: float | None, ours: float
+    ) -> None:
+        """A HEARTBEAT of ``host_id`` (``timeout``: the heartbeat_timeout it judges itself
+        by; ``ours``: the executor's)."""
+        if host_id in self.lost:
+            if not self.lost[host_id]:
+                self.lost[host_id] = True
+                log.warning(
+                    "worker host %s (%s), declared lost, is alive again; its worker processes "
+                    "register anew under a new host id",
+                    name,
+                    host_id,
+                )
+            return
+        host = self.get(host_id)
+        if host is None:
+            host = self.add(host_id, name, now)
+            if timeout is not None and timeout != ours:
+                log.warning(
+                    "worker host %s judges the executor with heartbeat_timeout=%gs, this executor "
+                    "uses %gs: give both sides the same --heartbeat-timeout, or a host that was "
+                    "frozen may not notice that it was declared lost",
+                    name,
+                    timeout,
+                    ours,
+                )
+        host.last_seen = now
+
+    def tick(self, now: float, timeout: float) -> None:
+        """The executor's loop runs at ``now``."""
+        if self.last_tick is not None and now - self.last_tick > timeout / 2:
+            # The executor itself stood still (SIGSTOP, a suspended VM, a stalled process):
+            # the hosts' heartbeats wait unread in the sink. Silence we did not listen to
+            # is no evidence, so every host gets its window again.
+            for host in self.values():
+                host.last_seen += now - self.last_tick
+            log.warning("the executor did not run for %.1fs", now - self.last_tick)
+        self.last_tick = now
+
+    def silent(self, now: float, timeout: float) -> list[HostState]:
+        """The hosts silent for longer than ``timeout``: they are lost, and forgotten."""
+        gone = [host for host in self.values() if now - host.last_seen > timeout]
+        for host in gone:
+            del self[host.host_id]
+            self.lost[host.host_id] = False
+            if len(self.lost) > LOST_HOSTS_KEPT:
+                self.lost.popitem(last=False)
+        return gone
 
 
 def load(w: WorkerState) -> tuple[float, float, int, str]:

@@ -98,6 +98,30 @@ class TaskQueue:
     def __iter__(self) -> Iterator[WorkItem]:
         return itertools.chain.from_iterable(list(self._order))
 
+    def cancel_unsent(self, promised: int) -> None:
+        """Cancel the futures of the tasks never sent, but for the first ``promised`` ones
+        (atomic operations only: called from the caller's thread). A task that was sent
+        once and came back unstarted has a running future and stays."""
+        kept: list[WorkItem] = []
+        while True:
+            try:
+                item = self.popleft()
+            except IndexError:
+                break  # the dispatcher took the last one
+            if item.sends or (promised and not item.future.cancelled()):
+                promised -= not item.sends
+                kept.append(item)
+            elif not item.future.cancel():
+                kept.append(item)
+        self.extendleft(reversed(kept))
+
+    def drop_cancelled(self) -> None:
+        """Forget the tasks never sent whose futures were cancelled."""
+        for _ in range(len(self)):
+            item = self.popleft()
+            if item.sends or not item.future.cancelled():
+                self.append(item)
+
     def by_priority(self) -> dict[int, int]:
         """How many tasks wait at each priority."""
         return {p: len(q) for p, q in sorted(list(self._levels.items()), reverse=True) if q}

@@ -12,7 +12,8 @@ they leave behind::
     worker_left (BYE) / worker_died (DIED)          closed: [worker id] whose link to close
     results(sender, records, now, load)             broken: why the executor cannot go on
     heartbeat(host, now) / tick(now)                finished(): the dispatcher may exit
-    request_shutdown() / cancel_queued()
+    request_shutdown() / cancel_queued()            rebalance() -> recalls: [(worker, ids)]
+    returned(sender, recall id, ids) (RETURNED)     round_trip(host, seconds) (from results)
 
 Invariants (checked after every step of the simulation test):
 
@@ -26,13 +27,24 @@ Invariants (checked after every step of the simulation test):
    whose fate is unknown) is sent again only while ``sends <= max_retries``, and never to a
    worker (or, after a host loss, a host) it was lost on.
 4. No lost wake-up: after ``dispatch``, no ready worker with a free slot idles while a task
-   it may take waits in ``pending``.
+   it may take waits in ``pending``; after ``rebalance``, nor while another holds a tail of
+   queued work worth taking back (``_window.recall_tail``) and is not asked for it.
+5. A task id starts at most once: a task taken back (RECALL, BYE, a death before it
+   started) is one its worker never started; a retry gets a new id. A RECALL asks only for
+   tasks its worker holds, one RECALL per worker at a time.
 
 Rules:
 
 - Tasks are sent in order to the least-loaded ready worker (credit-based flow control,
   zguide ch. 7): a free slot always takes a task; beyond that (prefetch) a worker takes
-  only tasks known to be short, while many wait (``_accepts``).
+  only tasks known to be short, while many wait, up to a budget widened by the round trip
+  of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
+  times that round trip: its result came after the round trip plus its run time.
+- RECALL: a worker with a free slot and nothing to take asks the worker holding the most
+  queued work for the tail of it. The worker answers between tasks (RETURNED) with those
+  it gave back, never started; they go back to the front of the queue; the ones it was
+  asked for and had started stay with it. An answer crossing the worker's death counts
+  while its finished tasks are in their grace period; after it, they count as lost.
 - A worker runs what it holds in the order sent. When it dies, its supervisor reports the
   last task it started: the task running then failed (``WorkerLostError``, or a retry with
   ``max_retries``), the ones after it never started and go back to the front of the queue,
@@ -58,15 +70,14 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_MESSAGE_SIZE,
-    LOST_HOSTS_KEPT,
     LOST_RESULT_GRACE,
     NO_WORKER_WARNING,
     PREFETCH_BACKLOG,
 )
-from ._hosts import HostState, Unsatisfiable, WorkerState, has_slot, load, place
+from ._hosts import HostState, HostTable, Unsatisfiable, WorkerState, has_slot, load, place
 from ._protocol import ResultRecord, learn_duration
 from ._queue import TaskQueue, WorkItem
-from ._window import may_prefetch, recall_tail, round_trip
+from ._window import may_prefetch, plan_recalls, round_trip
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 
 __all__ = ["HostState", "Scheduler", "Settings", "TaskQueue", "WorkItem", "WorkerState"]
@@ -119,7 +130,7 @@ class Scheduler:
         #: popleft and appendleft are atomic), everything else happens on one thread
         self.pending = TaskQueue()
         self.workers: dict[str, WorkerState] = {}
-        self.hosts: dict[str, HostState] = {}
+        self.hosts = HostTable()
         #: which worker holds each task that was sent and not answered
         self.owner: dict[int, WorkerState] = {}
         #: moving average of each callable's run time (by digest): how much to prefetch
@@ -134,9 +145,6 @@ class Scheduler:
         self.shutdown_requested = False
         self.broken: str | None = None
         self.init_failures = 0
-        #: hosts declared lost (bounded): a late heartbeat of one must not revive it
-        self._lost_hosts: OrderedDict[str, bool] = OrderedDict()
-        self._last_tick: float | None = None
         #: resource requests no connected host declares (warned once; no_worker_timeout)
         self.unsatisfiable = Unsatisfiable()
         #: since when tasks wait with no ready worker, and when that was last logged
@@ -178,10 +186,7 @@ class Scheduler:
         if self.pending and not self._ready:
             # no worker to pop them: cancelled futures must still leave the queue (with
             # workers, dispatch drops them; scanning here each round would be quadratic)
-            for _ in range(len(self.pending)):
-                item = self.pending.popleft()
-                if item.sends or not item.future.cancelled():
-                    self.pending.append(item)
+            self.pending.drop_cancelled()
         return not self.pending and not self.owner
 
     # -- events from the executor ------------------------------------------------------------
@@ -197,19 +202,7 @@ class Scheduler:
         Local worker processes that are still starting are promised their first task each,
         as ProcessPoolExecutor keeps the tasks already in its call queue: shutting down
         right after submitting still runs a few (CPython's test_cancel_futures)."""
-        promised = max(0, self.settings.local_workers - self.local_ready)
-        kept: list[WorkItem] = []
-        while True:
-            try:
-                item = self.pending.popleft()
-            except IndexError:
-                break  # the dispatcher took the last one
-            if item.sends or (promised and not item.future.cancelled()):
-                promised -= not item.sends
-                kept.append(item)
-            elif not item.future.cancel():
-                kept.append(item)
-        self.pending.extendleft(reversed(kept))
+        self.pending.cancel_unsent(max(0, self.settings.local_workers - self.local_ready))
 
     # -- events from workers ------------------------------------------------------------------
 
@@ -234,7 +227,7 @@ class Scheduler:
             remaining=self.settings.max_tasks_per_child,
         )
         self.workers[worker_id] = w
-        record = self._host(host_id, host, now)
+        record = self.hosts.add(host_id, host, now)
         record.workers.add(worker_id)
         if resources is not None:
             record.declare(resources)
@@ -316,29 +309,7 @@ class Scheduler:
 
     def heartbeat(self, host_id: str, name: str, now: float, timeout: float | None = None) -> None:
         """A host's HEARTBEAT (``timeout``: the heartbeat_timeout it judges itself by)."""
-        if host_id in self._lost_hosts:
-            if not self._lost_hosts[host_id]:
-                self._lost_hosts[host_id] = True
-                log.warning(
-                    "worker host %s (%s), declared lost, is alive again; its worker processes "
-                    "register anew under a new host id",
-                    name,
-                    host_id,
-                )
-            return
-        host = self.hosts.get(host_id)
-        if host is None:
-            host = self._host(host_id, name, now)
-            if timeout is not None and timeout != self.settings.heartbeat_timeout:
-                log.warning(
-                    "worker host %s judges the executor with heartbeat_timeout=%gs, this executor "
-                    "uses %gs: give both sides the same --heartbeat-timeout, or a host that was "
-                    "frozen may not notice that it was declared lost",
-                    name,
-                    timeout,
-                    self.settings.heartbeat_timeout,
-                )
-        host.last_seen = now
+        self.hosts.heard(host_id, name, now, timeout, self.settings.heartbeat_timeout)
 
     def results(
         self,
@@ -388,23 +359,10 @@ class Scheduler:
         self._rebalance = False
         if not self._idle or self.broken is not None:
             return
-        donors = [
-            w for w in self._ready.values() if len(w.outstanding) > w.slots and not w.recall_id
-        ]
-        donors.sort(key=lambda w: len(w.outstanding) / w.slots, reverse=True)
-        for idle in list(self._idle.values()):
-            for donor in donors:
-                ids = recall_tail(donor, self._rtt(donor) + self._rtt(idle) / 2)
-                if ids:
-                    donor.recall_id = next(self._recall_ids)
-                    donor.recall.update(ids)
-                    self.recalls.append((donor, ids))
-                    donors.remove(donor)
-                    break
-
-    def _rtt(self, w: WorkerState) -> float:
-        host = self.hosts.get(w.host_id)
-        return host.rtt or 0.0 if host is not None else 0.0
+        for donor, ids in plan_recalls(list(self._idle.values()), self._ready.values(), self.hosts):
+            donor.recall_id = next(self._recall_ids)
+            donor.recall.update(ids)
+            self.recalls.append((donor, ids))
 
     def returned(self, sender: str, recall_id: int, task_ids: Iterable[int]) -> None:
         """RETURNED: the worker ``sender`` answers the RECALL ``recall_id`` with the tasks it
@@ -437,17 +395,7 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Deadlines: results in their grace period, silent hosts, tasks with no worker."""
-        if (
-            self._last_tick is not None
-            and now - self._last_tick > self.settings.heartbeat_timeout / 2
-        ):
-            # The executor itself stood still (SIGSTOP, a suspended VM, a stalled process):
-            # the hosts' heartbeats wait unread in the sink. Silence we did not listen to
-            # is no evidence, so every host gets its window again.
-            for host in self.hosts.values():
-                host.last_seen += now - self._last_tick
-            log.warning("the executor did not run for %.1fs", now - self._last_tick)
-        self._last_tick = now
+        self.hosts.tick(now, self.settings.heartbeat_timeout)
         while self._grace and self._grace[0][0] <= now:
             _, w, task_ids = self._grace.pop(0)
             for task_id in task_ids:
@@ -470,34 +418,22 @@ class Scheduler:
             limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
         for key in self.unsatisfiable.due(now, limit, self.sink_address):
             assert limit is not None
-            self._fail_unsatisfiable(key, limit)
-
-    def _fail_unsatisfiable(self, key: tuple[tuple[str, float], ...], limit: float) -> None:
-        request = dict(key)
-        kept: list[WorkItem] = []
-        while self.pending:
-            item = self.pending.popleft()
-            if item.resources == request:
-                self._fail(
-                    item,
-                    NoWorkersError(
-                        f"no connected host declared {request} for {limit:g}s "
-                        "(no_worker_timeout); start a host with --resources"
-                    ),
-                )
-            else:
-                kept.append(item)
-        self.pending.extendleft(reversed(kept))
+            why = (
+                f"no connected host declared {dict(key)} for {limit:g}s (no_worker_timeout); "
+                "start a host with --resources"
+            )
+            kept = []
+            while self.pending:
+                item = self.pending.popleft()
+                if item.resources == dict(key):
+                    self._fail(item, NoWorkersError(why))
+                else:
+                    kept.append(item)
+            self.pending.extendleft(reversed(kept))
 
     def _check_hosts(self, now: float) -> None:
         """A host silent for heartbeat_timeout is lost with every worker it had."""
-        for host in list(self.hosts.values()):
-            if now - host.last_seen <= self.settings.heartbeat_timeout:
-                continue
-            del self.hosts[host.host_id]
-            self._lost_hosts[host.host_id] = False
-            if len(self._lost_hosts) > LOST_HOSTS_KEPT:
-                self._lost_hosts.popitem(last=False)
+        for host in self.hosts.silent(now, self.settings.heartbeat_timeout):
             lost = [self.workers[i] for i in host.workers if i in self.workers]
             if not lost:
                 continue
@@ -744,12 +680,6 @@ class Scheduler:
         if item.sends or item.future.set_running_or_notify_cancel():
             self.failed += 1
             self.resolved.append((item.future, False, error))
-
-    def _host(self, host_id: str, name: str, now: float) -> HostState:
-        host = self.hosts.get(host_id)
-        if host is None:
-            host = self.hosts[host_id] = HostState(host_id, name, now)
-        return host
 
     def _fail_queue_if_broken(self) -> None:
         if self.broken is None:

@@ -20,6 +20,7 @@ which last answered) longer ago than that task should take.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 from ._defaults import (
     MAX_PREFETCH,
@@ -30,7 +31,7 @@ from ._defaults import (
     TASK_COST_FLOOR,
     WINDOW_RTTS,
 )
-from ._hosts import WorkerState
+from ._hosts import HostState, WorkerState
 
 #: weight of a new round-trip sample in a host's moving average
 RTT_WEIGHT = 0.25
@@ -87,3 +88,27 @@ def recall_tail(donor: WorkerState, rtt: float) -> list[int]:
         take -= cost
         n += 1
     return [i.task_id for i in tail[len(tail) - n :]]
+
+
+def plan_recalls(
+    idle: list[WorkerState], ready: Iterable[WorkerState], hosts: dict[str, HostState]
+) -> list[tuple[WorkerState, list[int]]]:
+    """RECALLs for the ``idle`` workers (a free slot, nothing in the queue they may take):
+    each asks the most loaded worker that holds a tail worth taking back (and is not
+    answering a RECALL already) for that tail."""
+
+    def rtt(w: WorkerState) -> float:
+        host = hosts.get(w.host_id)
+        return host.rtt or 0.0 if host is not None else 0.0
+
+    donors = [w for w in ready if len(w.outstanding) > w.slots and not w.recall_id]
+    donors.sort(key=lambda w: len(w.outstanding) / w.slots, reverse=True)
+    plan = []
+    for taker in idle:
+        for donor in donors:
+            ids = recall_tail(donor, rtt(donor) + rtt(taker) / 2)
+            if ids:
+                plan.append((donor, ids))
+                donors.remove(donor)
+                break
+    return plan
