@@ -48,10 +48,6 @@ from ._versions import Versions, host_entry
 
 __all__ = ["Dispatcher", "VersionsRequest", "pickle_initializer"]
 
-#: the messages a worker process or host sends on the sink in its session, by kind
-_FROM_WORKERS: dict[
-    Kind, type[msg.Ready | msg.InitFailed | msg.Bye | msg.VersionsReply | msg.Died]
-] = {m.KIND: m for m in (msg.Ready, msg.InitFailed, msg.Bye, msg.VersionsReply, msg.Died)}
 _POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
 log = logging.getLogger("zmqexecutor.dispatcher")
@@ -314,9 +310,8 @@ class Dispatcher(threading.Thread):
         none idle, to all of them: the first to finish its tasks answers."""
         core = self.core
         request.request_id = next(self._versions_ids)
-        question = msg.AskVersions(request=request.request_id, packages=request.packages).encode(
-            self.session
-        )
+        ask = msg.AskVersions(request=request.request_id, packages=request.packages)
+        question = ask.encode(self.session)
         for host in list(core.hosts.values()):
             workers = [w for w in map(core.workers.get, host.workers) if w is not None]
             if not workers:
@@ -512,9 +507,9 @@ class Dispatcher(threading.Thread):
             sender, records = proto.decode_results(frames)
             core.results(sender, records, time.monotonic(), load_result)
             return
-        if kind not in _FROM_WORKERS:
+        if kind not in msg.ABOUT_A_WORKER:
             raise proto.ProtocolError(f"unexpected {kind.name} on the sink")
-        m = _FROM_WORKERS[kind].decode(frames)
+        m = msg.ABOUT_A_WORKER[kind].decode(frames)
         w = core.workers.get(m.id)
         if w is None:
             log.debug("%s from an unknown worker %s", kind.name, m.id)
@@ -526,7 +521,7 @@ class Dispatcher(threading.Thread):
             core.worker_left(w, m.done)
         elif isinstance(m, msg.VersionsReply):
             self._on_versions(w, m)
-        else:
+        elif isinstance(m, msg.Died):
             core.worker_died(
                 w,
                 running=m.running,

@@ -42,7 +42,10 @@ from ._resources import check_resources
 from ._versions import BASE, check_package_names, clean_version
 
 __all__ = [
+    "ABOUT_A_WORKER",
     "ABSENT",
+    "BY_KIND",
+    "AboutWorker",
     "AskVersions",
     "Attach",
     "Bye",
@@ -58,6 +61,7 @@ __all__ = [
     "Refuse",
     "VersionsReply",
     "Welcome",
+    "check_of",
     "wire",
 ]
 
@@ -335,6 +339,14 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AboutWorker(Message):
+    """A message about one registered worker process, in its session (from the process
+    itself, or DIED from its host)."""
+
+    id: str = wire(WORKER_ID)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Message):
     """A worker process registers (repeated until WELCOME or REFUSE)."""
 
@@ -381,38 +393,34 @@ class Hello(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Ready(Message):
+class Ready(AboutWorker):
     """Its initializer ran: it takes tasks."""
 
     KIND: ClassVar[Kind] = Kind.READY
-    id: str = wire(WORKER_ID)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InitFailed(Message):
+class InitFailed(AboutWorker):
     """Its initializer raised; the process exits."""
 
     KIND: ClassVar[Kind] = Kind.INIT_FAILED
-    id: str = wire(WORKER_ID)
     error: str = wire(Text(None))
     traceback: str = wire(Text(None), default="")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Bye(Message):
+class Bye(AboutWorker):
     """It leaves; what it was sent and did not start goes elsewhere."""
 
     KIND: ClassVar[Kind] = Kind.BYE
-    id: str = wire(WORKER_ID)
     done: int = wire(Int())  #: tasks it ran
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class VersionsReply(Message):
+class VersionsReply(AboutWorker):
     """The answer to ASK_VERSIONS: the installed versions of the packages asked about."""
 
     KIND: ClassVar[Kind] = Kind.VERSIONS
-    id: str = wire(WORKER_ID)
     request: int = wire(Int())
     versions: Mapping[str, str | None] = wire(VersionMap())
 
@@ -439,11 +447,10 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Died(Message):
+class Died(AboutWorker):
     """A worker process died (or was killed); sent in that process's session."""
 
     KIND: ClassVar[Kind] = Kind.DIED
-    id: str = wire(WORKER_ID)
     pid: int = wire(Int())
     host: str = wire(HOST)
     exit: str = wire(Text(1024))  #: how it died, e.g. "was killed by SIGSEGV (...)"
@@ -541,6 +548,11 @@ class Attach(Message):
     KIND: ClassVar[Kind] = Kind.ATTACH
     sink: str = wire(Address())
 
+
+#: the messages about one worker process that arrive on the sink, by kind
+ABOUT_A_WORKER: dict[Kind, type[AboutWorker]] = {
+    m.KIND: m for m in (Ready, InitFailed, Bye, VersionsReply, Died)
+}
 
 #: the message record of each control kind (TASKS and RESULTS are binary: ``_protocol``)
 BY_KIND: dict[Kind, type[Message]] = {
