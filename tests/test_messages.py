@@ -1,6 +1,7 @@
 """The control messages (``_messages.py``): each one round-trips, and every check of every
 field refuses the values its Check lists, naming the field. The malformed messages are made
-from the records themselves (``Message.forge``), so the schema exists once."""
+from the records themselves (``Message.forge``), the valid ones are ``peers.VALID_MESSAGES``:
+the schema exists once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from peers import VALID_MESSAGES, example
 
 from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
@@ -15,44 +17,6 @@ from zmqexecutor._defaults import OUTPUT_MAX_LINE
 from zmqexecutor._protocol import Kind, OutputChunk, ProtocolError
 
 SESSION = b"s" * 8
-WID = "0123456789abcdef"
-
-#: one valid message of every control kind, its values as ``decode`` returns them
-EXAMPLES: list[msg.Message] = [
-    msg.Hello(
-        id=WID,
-        host="h",
-        host_id="host-1",
-        pid=42,
-        inbox="tcp://127.0.0.1:5555",
-        slots=1,
-        resources={"GPU": 2, "MEM": 1.5e9},
-        python="3.11",
-        cloudpickle="3",
-        versions={"zmqexecutor": "1.0", "pyzmq": None},
-    ),
-    msg.Ready(id=WID),
-    msg.InitFailed(id=WID, error="ValueError: no", traceback="Traceback ..."),
-    msg.Bye(id=WID, done=3),
-    msg.VersionsReply(id=WID, request=7, versions={"numpy": "2.0", "absent": "not installed"}),
-    msg.Heartbeat(host_id="host-1", host="h", pid=42, interval=1.0, timeout=10.0, workers=(WID,)),
-    msg.Died(
-        id=WID, pid=42, host="h", exit="exited with code 1", running=5, last_started=5, timeout=0.5
-    ),
-    msg.Output(host="h", chunks=(OutputChunk(42, proto.STDERR, "a line\n"),), dropped=10),
-    msg.Welcome(
-        max_tasks_per_child=None,
-        task_timeout=2.5,
-        heartbeat_interval=1.0,
-        max_message_size=2**20,
-        forward_output=False,
-        initializer=b"a pickle",
-    ),
-    msg.Refuse(reason="versions differ"),
-    msg.AskVersions(request=7, packages=("numpy", "scikit-learn")),
-    msg.Detach(),
-    msg.Attach(sink="ipc:///tmp/zmqexecutor-sink"),
-]
 
 
 def name(m: msg.Message) -> str:
@@ -66,19 +30,19 @@ def wire_fields(m: msg.Message) -> list[dataclasses.Field[Any]]:
 
 BAD_VALUES = [
     pytest.param(m, f.name, bad, id=f"{name(m)}.{f.name}={bad!r:.20}")
-    for m in EXAMPLES
+    for m in VALID_MESSAGES
     for f in wire_fields(m)
     for bad in msg.check_of(f).invalid()
 ]
 REQUIRED = [
     pytest.param(m, f.name, id=f"{name(m)}.{f.name}")
-    for m in EXAMPLES
+    for m in VALID_MESSAGES
     for f in wire_fields(m)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 ]
 OPTIONAL = [
     pytest.param(m, f, id=f"{name(m)}.{f.name}")
-    for m in EXAMPLES
+    for m in VALID_MESSAGES
     for f in wire_fields(m)
     if not (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 ]
@@ -87,11 +51,11 @@ OPTIONAL = [
 def test_every_control_kind_has_a_record_and_an_example() -> None:
     binary = {Kind.TASKS, Kind.RESULTS}
     assert set(msg.BY_KIND) == set(Kind) - binary
-    assert {type(m) for m in EXAMPLES} == set(msg.BY_KIND.values())
-    assert all(msg.BY_KIND[m.KIND] is type(m) for m in EXAMPLES)
+    assert {type(m) for m in VALID_MESSAGES} == set(msg.BY_KIND.values())
+    assert all(msg.BY_KIND[m.KIND] is type(m) for m in VALID_MESSAGES)
 
 
-@pytest.mark.parametrize("m", EXAMPLES, ids=name)
+@pytest.mark.parametrize("m", VALID_MESSAGES, ids=name)
 def test_round_trip(m: msg.Message) -> None:
     frames = m.encode(SESSION)
     kind, session, _ = proto.parse_header(frames[0])
@@ -99,7 +63,7 @@ def test_round_trip(m: msg.Message) -> None:
     assert type(m).decode(frames) == m
 
 
-@pytest.mark.parametrize("m", EXAMPLES, ids=name)
+@pytest.mark.parametrize("m", VALID_MESSAGES, ids=name)
 def test_every_field_has_values_it_refuses(m: msg.Message) -> None:
     """A field without any refused value would go untested below."""
     for f in wire_fields(m):
@@ -129,12 +93,12 @@ def test_a_missing_optional_field_takes_its_default(
     assert getattr(decoded, f.name) == default
 
 
-@pytest.mark.parametrize("m", EXAMPLES, ids=name)
+@pytest.mark.parametrize("m", VALID_MESSAGES, ids=name)
 def test_unknown_members_are_ignored(m: msg.Message) -> None:
     assert type(m).decode(m.forge(SESSION, from_a_newer_version=[1])) == m
 
 
-@pytest.mark.parametrize("m", EXAMPLES, ids=name)
+@pytest.mark.parametrize("m", VALID_MESSAGES, ids=name)
 def test_wrong_frame_count_is_a_protocol_error(m: msg.Message) -> None:
     frames = m.encode(SESSION)
     for wrong in (frames[:-1], [*frames, b""]):
@@ -145,7 +109,7 @@ def test_wrong_frame_count_is_a_protocol_error(m: msg.Message) -> None:
 def test_welcome_initializer_is_a_frame_never_a_member() -> None:
     """The pickled initializer travels in WELCOME's third frame only; a member of that
     name in the JSON body is ignored (nothing in a JSON body is unpickled)."""
-    welcome = next(m for m in EXAMPLES if isinstance(m, msg.Welcome))
+    welcome = example(msg.Welcome)
     frames = welcome.encode(SESSION)
     assert frames[2] == b"a pickle" and b"pickle" not in frames[1]
     forged = welcome.forge(SESSION, initializer="other")
@@ -153,7 +117,7 @@ def test_welcome_initializer_is_a_frame_never_a_member() -> None:
 
 
 def test_hello_mismatch_names_both_versions() -> None:
-    hello = next(m for m in EXAMPLES if isinstance(m, msg.Hello))
+    hello = example(msg.Hello)
     ours = dataclasses.replace(
         hello, python=proto.python_version(), cloudpickle=proto.cloudpickle_major()
     )
