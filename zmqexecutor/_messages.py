@@ -3,7 +3,7 @@ fields get on the way in. Both sides build and read control messages only here.
 
 A control message is the header frame (``_protocol.header``) and one frame of JSON, an
 object with one member per field of its record; WELCOME has a third frame. Who sends
-what, and with which session in the header::
+what, and with which session in the header (the executor's, unless it says otherwise)::
 
     worker process -> executor (sink)   HELLO (none), READY, INIT_FAILED, BYE, VERSIONS
     worker host    -> executor (sink)   HEARTBEAT (none), DIED (the process's session),
@@ -19,12 +19,14 @@ and a test builds a bad message from a good one with ``dataclasses.replace``. Ea
 malformed messages. A new field is one line: ``name: type = wire(Check(...), default=...)``
 (a default lets a peer that does not send it yet still be understood).
 
-Nothing in a JSON body is ever unpickled. Pickles travel only in binary frames, and only
-between the two ends of an authenticated connection (see the README, Security): TASKS
+Nothing in a JSON body is ever unpickled. Pickles travel only in binary frames: TASKS
 (callables and arguments) and WELCOME's third frame (the initializer, pickled by the
-executor for the worker processes it welcomes) go executor -> worker process; RESULTS
-(return values) go worker process -> executor. Each side unpickles them only from a peer
-that holds the token, and a worker process only after the executor welcomed it.
+executor for every worker process it welcomes) go executor -> worker process; RESULTS
+(return values) go worker process -> executor. That is safe for the reason every task is:
+only an authenticated peer gets a message through (CurveZMQ with keys derived from the
+token, or ipc:// in a private directory; see the README, Security), and that peer is
+trusted. The JSON bodies come from the same peers, but are checked all the same, so that a
+bug or a version skew on the other side is a dropped message, never a crashed loop.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The wire format: a fixed binary header, then kind-specific frames; every frame is built
-and parsed here, and nothing here does I/O.
+"""The wire format: a fixed binary header, then kind-specific frames. Headers, TASKS and
+RESULTS are built and parsed here, control messages' JSON bodies in ``_messages.py`` on top
+of this; nothing here does I/O.
 
 Every message is a list of frames whose first frame is the header::
 
@@ -7,12 +8,13 @@ Every message is a list of frames whose first frame is the header::
 
 Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, OUTPUT, ...) are the header
 frame and one JSON frame (WELCOME has a third: the pickled initializer); their records, and
-which pickles travel where, are in ``_messages.py``. TASKS and RESULTS are one frame of header,
-packed index and blob (the small pickles side by side; one frame, because every frame costs
-microseconds on the way), then one frame per out-of-band (pickle protocol 5) buffer, so
-large arrays travel without a copy. The index's size follows from the counts, and every
-length is checked against the frames before anything is sliced. A TASKS index starts with
-the id of the worker process it is for, a RESULTS index with the id of the one it is from.
+which pickles travel where and why that is safe, are in ``_messages.py``. TASKS and RESULTS
+are one frame of header, packed index and blob (the small pickles side by side; one frame,
+because every frame costs microseconds on the way), then one frame per out-of-band (pickle
+protocol 5) buffer, so large arrays travel without a copy. The index's size follows from
+the counts, and every length is checked against the frames before anything is sliced. A
+TASKS index starts with the id of the worker process it is for, a RESULTS index with the id
+of the one it is from.
 """
 
 from __future__ import annotations
