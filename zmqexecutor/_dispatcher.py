@@ -135,6 +135,9 @@ class Dispatcher(threading.Thread):
         os.set_blocking(self._wake_w, False)
         #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
         self.idle = False
+        #: the right to touch the core and the sockets: this thread holds it except while it
+        #: sleeps in poll(), when submit() may take it to send a task itself (send_now)
+        self.lock = threading.Lock()
         self.protocol_errors = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -154,6 +157,27 @@ class Dispatcher(threading.Thread):
         with contextlib.suppress(OSError):  # already woken (pipe full) or closing
             os.write(self._wake_w, b"x")
 
+    def send_now(self) -> None:
+        """submit() queued a task while this thread sleeps in poll() with a worker free:
+        send it from the caller's thread, which saves two thread hand-offs (the wake-up and
+        the GIL) on the way to the worker. The caller does exactly what the loop would do
+        next (``_dispatch``), holding ``lock``, so the core still has one owner at a time;
+        if this thread holds the lock it is awake and sends the task itself."""
+        if not self.lock.acquire(blocking=False):
+            self.wake()
+            return
+        try:
+            if self.idle:  # still sleeping in poll() (we hold the lock: it cannot wake)
+                self._dispatch()
+                self.idle = self.core.has_room() and not self.core.pending
+        except BaseException:
+            log.exception("sending a task from submit() failed; the executor is broken")
+            self._break_requested = "sending a task failed (see the log)"
+        finally:
+            self.lock.release()
+        if self.core.pending or self._break_requested is not None:
+            self.wake()  # what the core kept back (resources, retries) is its to decide
+
     def request_shutdown(self) -> None:
         self.core.request_shutdown()
         self.wake()
@@ -170,6 +194,8 @@ class Dispatcher(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.sink, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        lock = self.lock
+        lock.acquire()  # held for good once the loop ends: send_now() then never sends
         try:
             while True:
                 if self._executor_ref() is None:
@@ -188,7 +214,11 @@ class Dispatcher(threading.Thread):
                     continue
                 timeout = self._timeout()
                 self._resolve()
-                events = dict(poller.poll(timeout))
+                lock.release()
+                try:
+                    events = dict(poller.poll(timeout))
+                finally:
+                    lock.acquire()
                 self.idle = False
                 if self._wake_r in events:
                     with contextlib.suppress(BlockingIOError):
