@@ -78,7 +78,7 @@ def test_a_fast_path_task_whose_worker_dies_fails_alone(
     _idle(ex)
     doomed = ex.submit(cc.exit_process, 3)
     assert sends.by_caller() == 1  # this task took the fast path
-    with pytest.raises(WorkerLostError, match="exit code 3|exited with 3|code 3"):
+    with pytest.raises(WorkerLostError, match=r"(?i)(exit|code|status)\D{0,20}\b3\b"):
         doomed.result(timeout=RESULT_TIMEOUT)
     # the executor goes on: the worker is replaced and the next tasks run
     assert [ex.submit(square, i).result(timeout=RESULT_TIMEOUT) for i in range(10)] == [
@@ -149,7 +149,7 @@ def test_cancel_racing_the_fast_path_ends_every_future_once(
         t.start()
     for t in threads:
         t.join()
-    done, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
+    _, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
     assert not not_done
     for f in futures:
         if not f.cancelled():
