@@ -110,7 +110,12 @@ def error_result(
     return ResultRecord(task_id, Status.ERROR, json.dumps(body).encode())
 
 
+_NONE_PICKLE = pickle.dumps(None, protocol=5)
+
+
 def value_result(task_id: int, value: Any) -> ResultRecord:
+    if value is None:  # most tasks run for their effect
+        return ResultRecord(task_id, Status.OK, _NONE_PICKLE)
     if type(value) in _PLAIN_TYPES:  # the C pickler is several times faster here
         return ResultRecord(task_id, Status.OK, pickle.dumps(value, protocol=5))
     try:
