@@ -9,6 +9,13 @@ Data flow (compare CPython's concurrent/futures/process.py)::
                               core.dispatch()    |                        v
     Future  <--set_result/exception-- PULL sink <---RESULTS/HELLO/DIED--- worker processes
 
+One exception to "the one thread": while the loop sleeps in poll() it does not hold its
+``lock``, and a submit() that finds a worker free takes the lock (never waiting for it) and
+runs the loop's own ``_dispatch`` in the caller's thread (``send_now``). The core and the
+sockets are still used by one thread at a time, the holder of the lock; the core decides
+exactly as it would on this thread; a task then reaches its worker without two thread
+hand-offs (W3's latency).
+
 The executor keeps the queue of pending tasks itself, never in ZeroMQ buffers: a worker
 holds at most its slots plus a small prefetch (credit-based flow control, zguide ch. 7), so
 no short task waits behind a long one on a busy worker, a worker that joins late gets work
