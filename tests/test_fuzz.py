@@ -43,7 +43,6 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     no_ambient_token,
     peers_fixture,
     pgids,
-    worker_hosts_fixture,
 )
 
 from zmqexecutor import _protocol as proto

@@ -46,9 +46,11 @@ from conftest import (
     WorkerHost,
     descendants,
     free_tcp_port,
+    holds_for,
     host_logs,
     rendezvous_pids,
     wait_until,
+    worker_env,
 )
 from peers import (  # noqa: F401  (importing the fixtures registers them here)
     LOOPBACK,
@@ -63,7 +65,6 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     forged_tasks,
     held_task,
     hello_body,
-    holds_for,
     inboxes_of,
     joined_pids,
     new_token,
@@ -73,8 +74,6 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     registered_ids,
     registered_pids,
     secret_forms,
-    subprocess_env,
-    worker_hosts_fixture,
     write_token_file,
 )
 
@@ -483,7 +482,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=RESULT_TIMEOUT,
-        env=subprocess_env(env),
+        env=worker_env(env),
         stdin=subprocess.DEVNULL,
         **kw,
     )
