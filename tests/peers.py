@@ -128,6 +128,18 @@ def dropped(ex: Any) -> int:
     return int(stats.protocol_errors + stats.discarded_results)
 
 
+def session_of(ex: Any) -> bytes:
+    """The executor's session id: a forged message of this very session needs it. No public
+    API tells it (it is no statistic), so this is the one place the tests read it."""
+    return bytes(ex._dispatcher.session)
+
+
+def dispatcher_alive(ex: Any) -> bool:
+    """The executor's dispatcher thread is still running. ``stats()`` cannot say so (a dead
+    dispatcher still answers with its last state), so this reads the thread itself."""
+    return bool(ex._dispatcher.is_alive())
+
+
 def joined_pids(caplog: pytest.LogCaptureFixture) -> set[int]:
     """Every worker process that ever registered, from the executor's INFO log (a worker
     that registered and left again, or whose host exited since, is still in it)."""
@@ -425,7 +437,7 @@ def assert_shuts_down(ex: Any, timeout: float = 15.0) -> None:
     """The executor still shuts down promptly (a socket left open blocks context.term())."""
     ex.shutdown(wait=False)
     wait_until(
-        lambda: not ex._dispatcher.is_alive(),
+        lambda: not dispatcher_alive(ex),
         timeout,
         "the executor to shut down: did the bad message leave a socket open?",
     )

@@ -38,11 +38,13 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     Peers,
     assert_shuts_down,
     bait,
+    dispatcher_alive,
     inboxes_of,
     new_token,
     no_ambient_token,
     peers_fixture,
     pgids,
+    session_of,
 )
 
 from zmqexecutor import _protocol as proto
@@ -194,8 +196,7 @@ def test_fuzz_executor_sink(
     canary = tmp_path / "canary"
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
     assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
-    d = ex._dispatcher
-    session = d.session  # the fuzzer forges messages of this session
+    session = session_of(ex)  # the fuzzer forges messages of this session
     fuzzer = peers.authenticated(ex.address, token)
 
     def forbidden(kind: int, sess: bytes) -> bool:
@@ -207,7 +208,7 @@ def test_fuzz_executor_sink(
         host_id = uuid.uuid4().hex
         fuzzer.send(proto.control(Kind.HEARTBEAT, {"host_id": host_id, "host": "fuzz"}))
         wait_until(
-            lambda: not d.is_alive() or host_id in ex.stats().host_ids,
+            lambda: not dispatcher_alive(ex) or host_id in ex.stats().host_ids,
             BARRIER_TIMEOUT,
             "the barrier HEARTBEAT to be processed",
         )
@@ -222,7 +223,7 @@ def test_fuzz_executor_sink(
         if frames:
             fuzzer.send(frames)
         barrier()
-        if not d.is_alive() or ex._broken is not None:
+        if not dispatcher_alive(ex) or ex._broken is not None:
             culprit.append(frames)
             pytest.fail(f"the dispatcher thread died after this message: {frames!r}")
 
@@ -255,7 +256,7 @@ def test_fuzz_worker_inbox(
     host = worker_hosts(ex.address, name="fuzzed", token=token)
     assert pgids(ex, 2) == [host.pid] * 2
     ((worker_pid, inbox),) = inboxes_of(caplog, host, 1).items()
-    session = ex._dispatcher.session  # the fuzzer forges tasks of this session
+    session = session_of(ex)  # the fuzzer forges tasks of this session
     (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
     fuzzer = peers.authenticated(inbox, token)
     marker = tmp_path / "barrier.marker"
