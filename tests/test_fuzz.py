@@ -208,7 +208,7 @@ def test_fuzz_executor_sink(
         host_id = uuid.uuid4().hex
         fuzzer.send(proto.control(Kind.HEARTBEAT, {"host_id": host_id, "host": "fuzz"}))
         wait_until(
-            lambda: not dispatcher_alive(ex) or host_id in ex.stats().host_ids,
+            lambda: not dispatcher_alive(ex) or host_id in {h.host_id for h in ex.stats().hosts},
             BARRIER_TIMEOUT,
             "the barrier HEARTBEAT to be processed",
         )

@@ -265,7 +265,6 @@ class Dispatcher(threading.Thread):
                 for h in core.hosts.values()
             ],
             pending_by_priority=core.pending.by_priority(),
-            host_ids=tuple(core.hosts),
             output_bytes=self.printer.written if self.printer else 0,
             output_dropped=self.output_dropped + (self.printer.dropped if self.printer else 0),
         )
