@@ -305,6 +305,8 @@ class WorkerHost:
         """
         code: int | None = self.proc.poll()
         if code is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGCONT)  # a test may have left it frozen (SIGSTOP)
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self.proc.wait(self.STOP_TIMEOUT)

@@ -506,7 +506,6 @@ def test_executor_restart(
             env=worker_env(),
             start_new_session=True,
         )
-    frozen: WorkerHost | None = None
     try:
         host = worker_hosts(address, *HOST_ARGS, name="h", processes=2)
 
@@ -523,7 +522,6 @@ def test_executor_restart(
         old_pids = [pid for pid, *_ in cc.read_marker(old_marker)]
         assert all(host.owns(p) for p in old_pids)
         os.kill(host.pid, signal.SIGSTOP)  # its supervisor only: the old tasks run on
-        frozen = host
         old.kill()
         old.wait(RESULT_TIMEOUT)
 
@@ -565,7 +563,6 @@ def test_executor_restart(
         assert not canary.exists(), "the new executor unpickled a result of the old session"
 
         os.kill(host.pid, signal.SIGCONT)
-        frozen = None
         # The thawed host notices its executor is gone, replaces its worker processes and
         # registers them with the new executor.
         wait_until(
@@ -585,9 +582,7 @@ def test_executor_restart(
         assert not canary.exists(), "the new executor unpickled a result of the old session"
         assert "InvalidStateError" not in caplog.text
         assert host.proc.poll() is None, "the worker host should outlive its executor"
-    finally:
-        if frozen is not None:
-            os.kill(frozen.pid, signal.SIGCONT)
+    finally:  # a host left frozen is thawed when the worker_hosts fixture stops it
         if old.poll() is None:
             old.kill()
             old.wait()
