@@ -799,6 +799,18 @@ def test_s08_token_on_command_line_warns_and_is_not_echoed(
         assert secret not in log
 
 
+def test_s08_host_settings_repr_hides_the_token() -> None:
+    """S-08: a worker host's settings record (what run_worker hands its supervisor) never
+    shows its token in its repr or str, which is what a log line or a traceback would print."""
+    from zmqexecutor._host_settings import HostSettings
+
+    token = new_token()
+    settings = HostSettings(processes=1, sink="tcp://127.0.0.1:5555", token=token)
+    assert settings.token == token
+    for secret in secret_forms(token):
+        assert secret not in repr(settings) and secret not in str(settings)
+
+
 # ---------------------------------------------------------------------------- BI-07
 
 
