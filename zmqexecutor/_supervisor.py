@@ -37,6 +37,7 @@ from typing import Any
 
 import zmq
 
+from . import _messages as msg
 from . import _protocol as proto
 from ._defaults import (
     ENV_TOKEN,
@@ -139,6 +140,7 @@ class Supervisor:
         self._capture: OutputCapture | None = None
         self._output_sock: zmq.Socket[bytes] | None = None
         self._output_due = 0.0  #: when the next OUTPUT message may go
+        self._session = proto.NO_SESSION  #: the session our worker processes serve, for OUTPUT
         if not settings.in_executor:
             self._terminal = (_dup_or_devnull(1), _dup_or_devnull(2))
             echo = None
@@ -314,6 +316,7 @@ class Supervisor:
             "the executor is gone; %d running task(s) abandoned",
             abandoned,
         )
+        self._session = proto.NO_SESSION  # output from now on is for whoever comes next
         if self.settings.once:
             self._session_over()
         if self.settings.rendezvous is not None:
@@ -325,16 +328,16 @@ class Supervisor:
         self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
         if self._report is None:
             return
-        body = {
-            "host_id": self.host_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "interval": self.settings.heartbeat_interval,
-            "timeout": self.settings.heartbeat_timeout,
-            "workers": [c.worker_id for c in self._children()],
-        }
+        beat = msg.Heartbeat(
+            host_id=self.host_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            interval=self.settings.heartbeat_interval,
+            timeout=self.settings.heartbeat_timeout,
+            workers=tuple(c.worker_id for c in self._children()),
+        )
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
-            self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
+            self._report.send_multipart(beat.encode(), zmq.NOBLOCK)
             self._liveness.heartbeat_sent(time.monotonic())
 
     def _read_output(self, events: dict[Any, int]) -> None:
@@ -375,9 +378,8 @@ class Supervisor:
             sock.connect(self.sink)
             self._output_sock = sock
         try:
-            self._output_sock.send_multipart(
-                proto.output(self._capture.host, chunks, dropped), zmq.NOBLOCK
-            )
+            output = msg.Output.of(self._capture.host, chunks, dropped)
+            self._output_sock.send_multipart(output.encode(self._session), zmq.NOBLOCK)
         except zmq.Again:
             self._capture.dropped += dropped + sum(len(data) for _, _, data in chunks)
 
@@ -432,7 +434,7 @@ class Supervisor:
             except OSError:
                 continue
             if status.session != proto.NO_SESSION:
-                self._last_served = now
+                self._last_served, self._session = now, status.session
             if status.running != child.running:
                 child.running, child.since = status.running, now
             elif (
@@ -452,25 +454,18 @@ class Supervisor:
 
     def _on_rendezvous(self, frames: list[bytes]) -> None:
         try:
-            kind, _, _ = proto.parse_header(frames[0])
-            body = proto.parse_control(frames) if kind is Kind.ATTACH else {}
+            kind, session, _ = proto.parse_header(frames[0])
+            sink = msg.Attach.decode(frames).sink if kind is Kind.ATTACH else ""
         except proto.ProtocolError as e:
             log.warning("dropped a bad message on %s: %s", self.settings.rendezvous, e)
             return
-        if kind is Kind.ATTACH:
-            sink = str(body.get("sink", ""))
-            try:
-                parse_endpoint(sink)
-            except ValueError as e:
-                log.warning("ATTACH with a bad sink address: %s", e)
-                return
-            if sink != self.sink or self._report is None:
-                log.info("executor at %s attached", sink)
-                if self._children():
-                    log.warning("a new executor replaces the previous one; stopping its workers")
-                    self._signal_children(signal.SIGKILL)
-                self.sink = sink
-                self._connect_report(sink)
+        if kind is Kind.ATTACH and (sink != self.sink or self._report is None):
+            log.info("executor at %s attached", sink)
+            if self._children():
+                log.warning("a new executor replaces the previous one; stopping its workers")
+                self._signal_children(signal.SIGKILL)
+            self.sink, self._session = sink, session
+            self._connect_report(sink)
         elif kind is Kind.DETACH:
             log.info("executor at %s detached", self.sink)
             self.sink = None
@@ -602,17 +597,17 @@ class Supervisor:
         )
         if self._report is None:
             return
-        body = {
-            "id": child.worker_id,
-            "pid": child.proc.pid,
-            "host": socket.gethostname(),
-            "exit": how,
-            "running": status.running,
-            "last_started": status.started,
-            "timeout": child.timed_out,
-        }
+        died = msg.Died(
+            id=child.worker_id,
+            pid=child.proc.pid,
+            host=socket.gethostname(),
+            exit=how,
+            running=status.running,
+            last_started=status.started,
+            timeout=child.timed_out,
+        )
         with contextlib.suppress(zmq.Again):
-            self._report.send_multipart(proto.control(Kind.DIED, body, status.session), zmq.NOBLOCK)
+            self._report.send_multipart(died.encode(status.session), zmq.NOBLOCK)
 
     def _close(self) -> None:
         if self._capture is not None:
