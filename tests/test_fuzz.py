@@ -33,7 +33,7 @@ import pytest
 from conftest import RESULT_TIMEOUT, WorkerHost, free_tcp_port, wait_until
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_security import (  # noqa: F401  (the fixtures register themselves here)
+from peers import (  # noqa: F401  (importing the fixtures registers them here)
     LOOPBACK,
     Peers,
     assert_shuts_down,

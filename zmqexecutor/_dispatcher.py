@@ -26,27 +26,25 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import cloudpickle
 import zmq
 
 from . import _protocol as proto
 from ._defaults import OUTPUT_SHUTDOWN_MAX, OUTPUT_SHUTDOWN_QUIET, PROTOCOL_VERSION, TICK
+from ._endpoints import Endpoints, Placement
 from ._net import recv_frames, set_heartbeats
 from ._output import Printer, prefixed, print_lines
 from ._protocol import Kind
 from ._resources import check_resources
 from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
-from ._security import Security
 from ._serialize import load_result
-from ._stats import ExecutorStats, HostStats, WorkerStats
+from ._stats import ExecutorStats, snapshot
 from ._versions import Versions, host_entry
 
-__all__ = ["Dispatcher", "VersionsRequest", "pickle_initializer"]
+__all__ = ["Dispatcher", "Flags", "VersionsRequest"]
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
@@ -82,34 +80,60 @@ class Link:
     functions: proto.FunctionSlots[None] = field(default_factory=proto.FunctionSlots)
 
 
+class Flags:
+    """The state the executor and its dispatcher both read (loky's ``_ExecutorFlags``), so
+    that the executor reads no field of the dispatcher's (but the queue and ``idle`` on the
+    submit path). One writer each: ``shutdown`` the executor, under its shutdown lock;
+    ``broken`` the scheduling core, on the dispatcher thread (read through, not copied, so
+    that it is set before the first future fails with it)."""
+
+    __slots__ = ("_core", "shutdown")
+
+    def __init__(self, core: Scheduler) -> None:
+        self._core = core
+        self.shutdown = False  #: shutdown() was called: submit() takes no new task
+
+    @property
+    def broken(self) -> str | None:
+        """Why the executor cannot run tasks any more, or None."""
+        return self._core.broken
+
+
 class Dispatcher(threading.Thread):
-    """Owns the sink, one PUSH per worker, and the scheduling core; sets every future."""
+    """Owns the sink, one PUSH per worker, and the scheduling core; sets every future.
+
+    It opens what it closes as its thread ends (``_endpoints.Endpoints``): the context,
+    the sink and ATTACH sockets, security, the ipc directory and the local worker host.
+
+    Raises:
+        ConfigurationError: a socket cannot be bound or connected; nothing is left open.
+    """
 
     def __init__(
         self,
         executor: object,
         *,
-        context: zmq.Context[zmq.Socket[bytes]],
-        sink: zmq.Socket[bytes],
-        attach: list[zmq.Socket[bytes]],
-        sink_address: str,
         settings: Settings,
-        security: Security,
+        placement: Placement,
         initializer: bytes,
         task_ids: Any,
-        before_detach: Callable[[], None],
-        on_exit: Callable[[], None],
-        local_host: str | None = None,
         forward_output: bool = True,
     ) -> None:
         super().__init__(name="zmqexecutor-dispatcher", daemon=True)
         self.session = os.urandom(8)
-        self.ctx = context
-        self.sink = sink
-        self.attach = attach
-        self.sink_address = sink_address
+        self._wake_r, self._wake_w = os.pipe()
+        try:
+            self.ends = Endpoints(placement, settings)
+        except BaseException:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+        self.ctx = self.ends.context
+        self.sink = self.ends.sink
+        self.attach = self.ends.attach
+        self.sink_address = self.ends.sink_address
         self.settings = settings
-        self.security = security
+        self.security = self.ends.security
         # forward_output=False: the worker processes of remote hosts write to their host's
         # terminal, so the hosts never read, send or rate-limit their output
         self.welcome = {**settings.welcome(), "forward_output": forward_output}
@@ -119,18 +143,16 @@ class Dispatcher(threading.Thread):
         self.output_dropped = 0  #: bytes the hosts dropped
         self.remote_joined = False  #: a remote worker joined: wait for its output at the end
         self.initializer = initializer
-        self.core = Scheduler(settings, task_ids, sink_address, local_host)
+        #: the host id of this process's own supervisor (local mode), whose workers
+        #: _close() has told to leave already
+        self.local_host = self.ends.local_host
+        self.core = Scheduler(settings, task_ids, self.sink_address, self.local_host)
+        self.flags = Flags(self.core)
         self.links: dict[str, Link] = {}
         self._next_attach = 0.0
-        self.before_detach = before_detach
-        #: the host id of this process's own supervisor (local mode), whose workers
-        #: before_detach() has told to leave already
-        self.local_host = local_host
-        self.on_exit = on_exit
         # only to notice the executor being dropped without shutdown() (as CPython's
         # manager thread does); the dispatcher never reads or writes it
         self._executor_ref = weakref.ref(executor, lambda _: self.wake())
-        self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
@@ -147,6 +169,11 @@ class Dispatcher(threading.Thread):
         #: the base versions each live host told in its first HELLO (by host id)
         self.host_versions: dict[str, dict[str, str | None]] = {}
 
+    def start(self) -> None:
+        """Start the local worker host (if any), then this thread."""
+        self.ends.start_local()
+        super().start()
+
     # -- called from other threads ----------------------------------------------------
 
     def wake(self) -> None:
@@ -162,6 +189,22 @@ class Dispatcher(threading.Thread):
         """Fail every queued and running future with ``reason`` and stop (on this thread)."""
         self._break_requested = reason
         self.wake()
+
+    def cancel_pending(self) -> None:
+        """Cancel the tasks no worker has been sent (``shutdown(cancel_futures=True)``)."""
+        self.core.cancel_queued()
+
+    def end_workers(self, reason: str, signum: int) -> None:
+        """Break with ``reason`` and end the local worker processes with ``signum`` now,
+        running tasks included (``terminate_workers()``, ``kill_workers()``)."""
+        self.request_break(reason)
+        self.ends.end_local(signum)
+
+    def summary(self) -> tuple[int, int, int]:
+        """Workers ready, tasks pending, tasks sent: sizes only, each an atomic read, so
+        that a repr never waits for this thread."""
+        core = self.core
+        return core.ready_count(), len(core.pending), len(core.owner)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -231,43 +274,15 @@ class Dispatcher(threading.Thread):
                 request.set_result(self._snapshot())
 
     def _snapshot(self) -> ExecutorStats:
-        now = time.monotonic()
-        core = self.core
-        workers = []
-        for w in list(core.workers.values()):
-            host = core.hosts.get(w.host_id)
-            workers.append(
-                WorkerStats(
-                    worker_id=w.worker_id,
-                    host=w.host,
-                    pid=w.pid,
-                    slots=w.slots,
-                    in_flight=len(w.outstanding),
-                    done=w.done,
-                    failed=w.failed,
-                    heartbeat_age=None if host is None else now - host.last_seen,
-                    task_ids=tuple(w.outstanding),
-                    ready=w.ready,
-                )
-            )
-        return ExecutorStats(
-            workers=workers,
-            pending=len(core.pending),
-            running=len(core.owner),
-            done=core.done,
-            failed=core.failed,
+        printer = self.printer
+        return snapshot(
+            self.core,
+            time.monotonic(),
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
             protocol_errors=self.protocol_errors,
-            discarded_results=core.discarded_results,
-            hosts=[
-                HostStats(h.host_id, h.name, dict(h.resources), dict(h.used))
-                for h in core.hosts.values()
-            ],
-            pending_by_priority=core.pending.by_priority(),
-            host_ids=tuple(core.hosts),
-            output_bytes=self.printer.written if self.printer else 0,
-            output_dropped=self.output_dropped + (self.printer.dropped if self.printer else 0),
+            output_bytes=printer.written if printer else 0,
+            output_dropped=self.output_dropped + (printer.dropped if printer else 0),
         )
 
     # -- versions (asked from other threads, answered by this one) -------------------------
@@ -644,7 +659,7 @@ class Dispatcher(threading.Thread):
 
     def _close(self) -> None:
         self._close_links()
-        self.before_detach()
+        self.ends.stop_local()
         detach = proto.control(Kind.DETACH, {}, self.session)
         for worker_id, link in self.links.items():
             w = self.core.workers.get(worker_id)
@@ -666,12 +681,4 @@ class Dispatcher(threading.Thread):
             self.printer.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self.on_exit()
-
-
-def pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
-    """The WELCOME frame that carries the initializer (empty: none)."""
-    if initializer is None:
-        return b""
-    data: bytes = cloudpickle.dumps((initializer, initargs), protocol=5)
-    return data
+        self.ends.close()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,53 @@ class ExecutorStats:
             queued = ", ".join(f"{n} at priority {p}" for p, n in self.pending_by_priority.items())
             lines.append(f"queued: {queued}")
         return "\n".join(lines)
+
+
+def snapshot(
+    core: Scheduler,
+    now: float,
+    *,
+    bytes_sent: int,
+    bytes_received: int,
+    protocol_errors: int,
+    output_bytes: int,
+    output_dropped: int,
+) -> ExecutorStats:
+    """The stats of a scheduling core's state at ``now`` (monotonic), with the dispatcher's
+    counters. Called on the dispatcher thread only: nothing else reads the core's state."""
+    workers = []
+    for w in list(core.workers.values()):
+        host = core.hosts.get(w.host_id)
+        workers.append(
+            WorkerStats(
+                worker_id=w.worker_id,
+                host=w.host,
+                pid=w.pid,
+                slots=w.slots,
+                in_flight=len(w.outstanding),
+                done=w.done,
+                failed=w.failed,
+                heartbeat_age=None if host is None else now - host.last_seen,
+                task_ids=tuple(w.outstanding),
+                ready=w.ready,
+            )
+        )
+    return ExecutorStats(
+        workers=workers,
+        pending=len(core.pending),
+        running=len(core.owner),
+        done=core.done,
+        failed=core.failed,
+        bytes_sent=bytes_sent,
+        bytes_received=bytes_received,
+        protocol_errors=protocol_errors,
+        discarded_results=core.discarded_results,
+        hosts=[
+            HostStats(h.host_id, h.name, dict(h.resources), dict(h.used))
+            for h in core.hosts.values()
+        ],
+        pending_by_priority=core.pending.by_priority(),
+        host_ids=tuple(core.hosts),
+        output_bytes=output_bytes,
+        output_dropped=output_dropped,
+    )

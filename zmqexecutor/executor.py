@@ -1,29 +1,31 @@
 """ZmqExecutor: argument checks, submit/map/shutdown and the executor's state flags.
 
-It never touches a socket: the dispatcher thread (``_dispatcher.py``) owns them all.
+It never touches a socket: the dispatcher (``_dispatcher.py``) opens the context, the
+sockets, the ipc directory and the local worker host as it is made (``_endpoints.py``), and
+closes them as its thread ends. The whole seam between the two::
+
+    ZmqExecutor --submit: pending.append(item), wake()------------> Dispatcher thread
+                --cancel_pending(), request_shutdown(), end_workers()-->
+                <--stats(), versions(), summary()----------------------
+                <--Flags: shutdown (the executor writes it), broken (the core writes it)
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import itertools
-import logging
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
 from types import ModuleType
 from typing import Any, TypeVar
 
-import zmq
+import cloudpickle
 
 from . import _protocol as proto
 from ._defaults import (
@@ -31,33 +33,17 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_VERSIONS_TIMEOUT,
-    MAX_SOCKETS,
 )
-from ._dispatcher import Dispatcher, VersionsRequest, pickle_initializer
+from ._dispatcher import Dispatcher, Flags, VersionsRequest
+from ._endpoints import placement
 from ._future import LazyFuture
-from ._net import (
-    bound_endpoint,
-    concrete,
-    guard_listener,
-    parse_endpoint,
-    route_to,
-    set_heartbeats,
-)
+from ._map import map_calls
 from ._resources import check_resources
 from ._scheduler import Settings, WorkItem
-from ._security import Security, check_exposure, resolve_token
 from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
-from ._supervisor import Supervisor
 from ._versions import Versions, check_package_names, package_versions
-from .errors import (
-    BrokenZmqExecutor,
-    ConfigurationError,
-    TaskSerializationError,
-    TaskTooLargeError,
-)
-
-log = logging.getLogger("zmqexecutor.executor")
+from .errors import BrokenZmqExecutor, TaskSerializationError, TaskTooLargeError
 
 T = TypeVar("T")
 
@@ -176,32 +162,12 @@ class ZmqExecutor(Executor):
         resources: dict[str, float] | None = None,
         forward_output: bool = True,
     ) -> None:
-        worker_list = list(workers or ())
+        worker_list = tuple(workers or ())
         local_resources = check_resources(resources or {}, "resources")
-        if max_workers is None:
-            max_workers = 0 if (listen or worker_list) else (os.cpu_count() or 1)
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if max_tasks_per_child is not None and max_tasks_per_child < 1:
-            raise ValueError("max_tasks_per_child must be >= 1")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if prefetch is not None and prefetch < 0:
-            raise ValueError("prefetch must be >= 0")
-        if max_message_size < 1024:
-            raise ValueError("max_message_size must be at least 1024 bytes")
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        if not 0 < heartbeat_interval < heartbeat_timeout:
-            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
-        for name, value in (
-            ("task_timeout", task_timeout),
-            ("no_worker_timeout", no_worker_timeout),
-        ):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 (or None)")
-        ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
-        settings = Settings(
+        settings = _checked_settings(
+            max_workers,
+            remote=bool(listen or worker_list),
+            initializer=initializer,
             prefetch=prefetch,
             max_tasks_per_child=max_tasks_per_child,
             max_retries=max_retries,
@@ -209,126 +175,39 @@ class ZmqExecutor(Executor):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             no_worker_timeout=no_worker_timeout,
-            local_workers=max_workers or 0,
             max_message_size=max_message_size,
         )
-        # Local mode is ipc:// only and needs no token; any TCP endpoint does (or insecure).
-        remote = bool(listen or worker_list)
-        resolved = resolve_token(token, token_file) if remote else None
-        security = Security(resolved)
-        if listen is not None:
-            check_exposure(
-                listen, secure=security.enabled, insecure=insecure, role="listen endpoint"
-            )
-        for endpoint in worker_list:
-            check_exposure(
-                endpoint, secure=security.enabled, insecure=insecure, role="worker endpoint"
-            )
-
+        ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
+        where = placement(
+            settings.local_workers,
+            listen,
+            worker_list,
+            token=token,
+            token_file=token_file,
+            insecure=insecure,
+            resources=local_resources,
+        )
         self._max_message_size = max_message_size
-        self._mode = "listen" if listen else "workers" if worker_list else "local"
-        self._max_workers = max_workers  # resolved: 0 for remote workers only
+        self._mode = where.mode
+        self._max_workers = settings.local_workers  # resolved: 0 for remote workers only
         self._shutdown_lock = threading.Lock()
-        self._shutdown_thread = False
         self._task_ids = itertools.count(1)
         self._functions = FunctionCache()
         self._functions_lock = threading.Lock()
-
-        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # one PUSH per worker process: libzmq's default of 1,023 sockets would cap the workers
-        self._context.max_sockets = MAX_SOCKETS
-        security.start(self._context)
-        self._dir = tempfile.mkdtemp(prefix="zmqexecutor-")  # 0700: local sockets are private
-        sink = self._context.socket(zmq.PULL)
-        sink.linger = 0
-        sink.maxmsgsize = max_message_size
-        guard_listener(sink, network=bool(listen or worker_list))
-        set_heartbeats(sink, heartbeat_interval, heartbeat_timeout)
-        security.server(sink)
-        attach: list[zmq.Socket[bytes]] = []
-        try:
-            local_sink = f"ipc://{self._dir}/sink"
-            if max_workers:
-                sink.bind(local_sink)
-            sink_address = local_sink
-            if listen:
-                # with workers= too, listen= fixes the sink's port (for a firewall); a
-                # wildcard host is then told to them as the address that routes to them
-                sink.bind(listen)
-                peer = parse_endpoint(worker_list[0]).host if worker_list else ""
-                sink_address = concrete(bound_endpoint(sink), peer or None)
-            elif worker_list:
-                sink_address = self._bind_for(sink, worker_list)
-            for endpoint in worker_list:
-                sock = self._context.socket(zmq.PUSH)
-                sock.linger = 0
-                sock.sndhwm = 10  # ATTACH is repeated until the host answers
-                set_heartbeats(sock, heartbeat_interval, heartbeat_timeout)
-                security.client(sock)
-                sock.connect(endpoint)
-                attach.append(sock)
-        except (zmq.ZMQError, OSError, ValueError) as e:
-            for sock in [sink, *attach]:
-                sock.close(linger=0)
-            security.stop()
-            self._context.term()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise ConfigurationError(f"cannot set up the executor's sockets: {e}") from e
-
-        supervisor = None
-        if max_workers:
-            supervisor = Supervisor(
-                processes=max_workers,
-                sink=local_sink,
-                local_dir=self._dir,
-                respawn_init_failed=False,
-                sys_path=list(sys.path),
-                log_level=logging.getLevelName(
-                    logging.getLogger("zmqexecutor").getEffectiveLevel()
-                ),
-                heartbeat_interval=heartbeat_interval,
-                heartbeat_timeout=heartbeat_timeout,
-                token=resolved,
-                context=self._context,
-                in_executor=True,
-                resources=local_resources,
-            )
-        self._address = sink_address
-        self._supervisor = supervisor
-        self._supervisor_thread = (
-            threading.Thread(target=supervisor.serve, name="zmqexecutor-supervisor", daemon=True)
-            if supervisor
-            else None
-        )
+        # the dispatcher opens the sockets, the ipc directory and the local worker host,
+        # and closes them as its thread ends; a failed bind raises ConfigurationError here
         self._dispatcher = Dispatcher(
             self,
-            context=self._context,
-            sink=sink,
-            attach=attach,
-            sink_address=sink_address,
             settings=settings,
-            security=security,
-            initializer=pickle_initializer(initializer, initargs),
+            placement=where,
+            initializer=_pickle_initializer(initializer, initargs),
             task_ids=self._task_ids,
-            before_detach=partial(_stop_supervisor, supervisor),
-            local_host=supervisor.host_id if supervisor else None,
             forward_output=forward_output,
-            on_exit=partial(
-                _release, self._context, security, self._supervisor_thread, self._dir, self._mode
-            ),
         )
-        if self._supervisor_thread is not None:
-            self._supervisor_thread.start()
+        self._flags: Flags = self._dispatcher.flags
+        self._address = self._dispatcher.sink_address
         self._dispatcher.start()
         _live_dispatchers.add(self._dispatcher)
-
-    def _bind_for(self, sink: zmq.Socket[bytes], endpoints: list[str]) -> str:
-        """Bind the sink where the given worker hosts can reach it; return its address."""
-        routes = {route_to(parse_endpoint(e).host) for e in endpoints}
-        host = routes.pop() if len(routes) == 1 else "*"
-        sink.bind(f"tcp://{host}:*")
-        bound = bound_endpoint(sink)
-        return concrete(bound, parse_endpoint(endpoints[0]).host)
 
     @property
     def address(self) -> str:
@@ -405,12 +284,13 @@ class ZmqExecutor(Executor):
     @property
     def _broken(self) -> str | None:
         """Why the executor cannot run tasks any more, or None."""
-        return self._dispatcher.core.broken
+        return self._flags.broken
 
     def _check_open(self) -> None:
-        if self._broken is not None:
-            raise BrokenZmqExecutor(self._broken)
-        if self._shutdown_thread or _exiting:
+        flags = self._flags
+        if flags.broken is not None:
+            raise BrokenZmqExecutor(flags.broken)
+        if flags.shutdown or _exiting:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _pickle_function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
@@ -456,7 +336,7 @@ class ZmqExecutor(Executor):
             TypeError: buffersize is not an int.
             TimeoutError: a result is not ready ``timeout`` seconds after the call.
         """
-        return _map(self, fn, iterables, timeout, chunksize, buffersize)
+        return map_calls(self, fn, iterables, timeout, chunksize, buffersize)
 
     def options(
         self, *, resources: dict[str, float] | None = None, priority: int | None = None
@@ -486,9 +366,9 @@ class ZmqExecutor(Executor):
             cancel_futures: cancel the futures that have not been sent to a worker yet.
         """
         with self._shutdown_lock:
-            self._shutdown_thread = True
+            self._flags.shutdown = True
             if cancel_futures:
-                self._dispatcher.core.cancel_queued()
+                self._dispatcher.cancel_pending()
         self._dispatcher.request_shutdown()
         if wait:
             self._dispatcher.join()
@@ -508,9 +388,7 @@ class ZmqExecutor(Executor):
     def _force_shutdown(self, signum: int) -> None:
         self.shutdown(wait=False, cancel_futures=True)
         how = "terminate_workers()" if signum == signal.SIGTERM else "kill_workers()"
-        self._dispatcher.request_break(f"{how} ended the worker processes")
-        if self._supervisor is not None:
-            self._supervisor.end_children(signum)
+        self._dispatcher.end_workers(f"{how} ended the worker processes", signum)
 
     def stats(self) -> ExecutorStats:
         """A snapshot: every worker (host, pid, slots, in flight, done, failed, heartbeat age),
@@ -556,12 +434,11 @@ class ZmqExecutor(Executor):
         return self._dispatcher.versions(request)
 
     def __repr__(self) -> str:
-        core = self._dispatcher.core
-        state = "broken" if self._broken else "shut down" if self._shutdown_thread else "running"
-        # read without the dispatcher's help: sizes only, each an atomic read
+        ready, pending, sent = self._dispatcher.summary()
+        state = "broken" if self._broken else "shut down" if self._flags.shutdown else "running"
         return (
-            f"<ZmqExecutor {self._mode} {state}: {core.ready_count()} worker(s) ready, "
-            f"{len(core.pending)} pending, {len(core.owner)} sent>"
+            f"<ZmqExecutor {self._mode} {state}: {ready} worker(s) ready, "
+            f"{pending} pending, {sent} sent>"
         )
 
 
@@ -631,7 +508,7 @@ class ExecutorView(Executor):
         buffersize: int | None = None,
     ) -> Iterator[T]:
         """As ZmqExecutor.map, with this view's options."""
-        return _map(self, fn, iterables, timeout, chunksize, buffersize)
+        return map_calls(self, fn, iterables, timeout, chunksize, buffersize)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Close this view (see the class docstring); the executor goes on."""
@@ -643,6 +520,62 @@ class ExecutorView(Executor):
                 future.cancel()
         if wait:
             concurrent.futures.wait(futures)
+
+
+def _checked_settings(
+    max_workers: int | None,
+    *,
+    remote: bool,
+    initializer: Callable[..., object] | None,
+    prefetch: int | None,
+    max_tasks_per_child: int | None,
+    max_retries: int,
+    task_timeout: float | None,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    no_worker_timeout: float | None,
+    max_message_size: int,
+) -> Settings:
+    """The constructor's checks of its numbers (messages as ProcessPoolExecutor's where it
+    has the argument); ``max_workers`` None: one local worker per core, none if ``remote``."""
+    if max_workers is None:
+        max_workers = 0 if remote else (os.cpu_count() or 1)
+    elif max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    if max_tasks_per_child is not None and max_tasks_per_child < 1:
+        raise ValueError("max_tasks_per_child must be >= 1")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if prefetch is not None and prefetch < 0:
+        raise ValueError("prefetch must be >= 0")
+    if max_message_size < 1024:
+        raise ValueError("max_message_size must be at least 1024 bytes")
+    if max_retries < 0:
+        raise ValueError("max_retries must be >= 0")
+    if not 0 < heartbeat_interval < heartbeat_timeout:
+        raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+    for name, value in (("task_timeout", task_timeout), ("no_worker_timeout", no_worker_timeout)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0 (or None)")
+    return Settings(
+        prefetch=prefetch,
+        max_tasks_per_child=max_tasks_per_child,
+        max_retries=max_retries,
+        task_timeout=task_timeout,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        no_worker_timeout=no_worker_timeout,
+        local_workers=max_workers,
+        max_message_size=max_message_size,
+    )
+
+
+def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
+    """The WELCOME frame that carries the initializer (empty: none)."""
+    if initializer is None:
+        return b""
+    data: bytes = cloudpickle.dumps((initializer, initargs), protocol=5)
+    return data
 
 
 def _cacheable(fn: Callable[..., Any]) -> bool:
@@ -658,126 +591,3 @@ def _cacheable(fn: Callable[..., Any]) -> bool:
     return (
         module not in (None, "__main__") and "<locals>" not in qualname and qualname != "<lambda>"
     )
-
-
-def _stop_supervisor(supervisor: Supervisor | None) -> None:
-    # SIGTERM reaches the worker processes still registering too; registered ones are
-    # idle by now (every task has been answered) and also get DETACH.
-    if supervisor is not None:
-        supervisor.stop(terminate_children=True)
-
-
-def _release(
-    context: zmq.Context[zmq.Socket[bytes]],
-    security: Security,
-    supervisor_thread: threading.Thread | None,
-    directory: str,
-    mode: str,
-) -> None:
-    """Runs on the dispatcher thread once it has sent DETACH to every worker."""
-    if supervisor_thread is not None and supervisor_thread.is_alive():
-        supervisor_thread.join()
-    security.stop()
-    context.term()
-    shutil.rmtree(directory, ignore_errors=True)
-    log.debug("%s executor released its resources", mode)
-
-
-def _process_chunk(fn: Callable[..., T], chunk: list[Any]) -> list[T]:
-    """Runs on the worker: one task for ``chunksize`` items of map() over one iterable."""
-    return list(map(fn, chunk))
-
-
-def _process_star_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
-    """Runs on the worker: one task for ``chunksize`` items of map() over several iterables."""
-    return list(itertools.starmap(fn, chunk))
-
-
-def _map(
-    executor: Executor,
-    fn: Callable[..., T],
-    iterables: tuple[Iterable[Any], ...],
-    timeout: float | None,
-    chunksize: int,
-    buffersize: int | None,
-) -> Iterator[T]:
-    """ZmqExecutor.map, for an executor or a view of one (their submit() is all it uses)."""
-    if chunksize < 1:
-        raise ValueError("chunksize must be >= 1.")
-    # the checks and messages of Python 3.14's Executor.map
-    if buffersize is not None and not isinstance(buffersize, int):
-        raise TypeError("buffersize must be an integer or None")
-    if buffersize is not None and buffersize < 1:
-        raise ValueError("buffersize must be None or > 0")
-    if chunksize == 1:
-        return _map_results(executor, fn, zip(*iterables, strict=False), timeout, buffersize)
-    if len(iterables) == 1:  # chunks of plain values pickle fast (see dump_args)
-        process, it = _process_chunk, iter(iterables[0])
-    else:
-        process, it = _process_star_chunk, zip(*iterables, strict=False)
-    chunks = iter(lambda: list(itertools.islice(it, chunksize)), [])
-    return _chain(
-        _map_results(executor, partial(process, fn), zip(chunks, strict=False), timeout, buffersize)
-    )
-
-
-def _map_results(
-    executor: Executor,
-    fn: Callable[..., T],
-    calls: Iterator[tuple[Any, ...]],
-    timeout: float | None,
-    buffersize: int | None,
-) -> Generator[T, None, None]:
-    """Submit map()'s first tasks now (all of them when ``buffersize`` is None) and return
-    the generator of their results, as Python 3.14's ``Executor.map`` does."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    first = calls if buffersize is None else itertools.islice(calls, buffersize)
-    futures = collections.deque(executor.submit(fn, *args) for args in first)
-    # weak, so that an iterator nobody reads does not keep the executor (and its workers)
-    return _results(weakref.ref(executor), fn, calls, futures, deadline, buffersize is not None)
-
-
-def _results(
-    executor_ref: weakref.ref[Executor],
-    fn: Callable[..., T],
-    calls: Iterator[tuple[Any, ...]],
-    futures: collections.deque[Future[T]],
-    deadline: float | None,
-    refill: bool,
-) -> Generator[T, None, None]:
-    futures.reverse()  # the oldest on the right, where pop() takes it; new ones join left
-    try:
-        while futures:
-            # One more task per result asked for, submitted before waiting (as in 3.14: up
-            # to buffersize + 1 are outstanding during a next(), CPython gh-131466). Once
-            # the executor is gone, only what was submitted is yielded. As in 3.14, the
-            # `executor` local keeps it alive while this generator is suspended.
-            if refill and (executor := executor_ref()) is not None:
-                args = next(calls, None)
-                if args is not None:
-                    futures.appendleft(executor.submit(fn, *args))
-            # popped straight into the call: no reference to a yielded result stays here
-            yield _result_or_cancel(
-                futures.pop(), None if deadline is None else deadline - time.monotonic()
-            )
-    finally:  # close(), garbage collection, a timeout or an error: cancel what is left
-        for future in futures:
-            future.cancel()
-
-
-def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
-    try:
-        return future.result(timeout)
-    finally:
-        future.cancel()  # after a timeout: the task need not run any more
-        del future  # break the cycle through a raised exception's traceback
-
-
-def _chain(results: Generator[list[T], None, None]) -> Generator[T, None, None]:
-    """The items of map()'s chunk results. Keeps at most one chunk of results alive (the
-    results generator drops each chunk as it is yielded); closing it closes ``results``
-    at once, which cancels the chunks not started."""
-    try:
-        yield from itertools.chain.from_iterable(results)
-    finally:
-        results.close()
