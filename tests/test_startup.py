@@ -8,10 +8,22 @@ double it. Each check runs in a fresh interpreter: this one has imported everyth
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import uuid
+from pathlib import Path
 
-from conftest import RESULT_TIMEOUT
+import pytest
+import zmq
+from conftest import RESULT_TIMEOUT, wait_until
+
+from zmqexecutor import _protocol as proto
+from zmqexecutor._defaults import WORKER_EXIT_TIMEOUT
+from zmqexecutor._protocol import Kind
+from zmqexecutor._status import State, create, read_status
+from zmqexecutor._worker_process import WorkerProcess
 
 #: what a local worker process must not import before its first task (lazily when needed)
 NOT_AT_START = (
@@ -85,3 +97,55 @@ def test_public_names_resolve_on_first_use() -> None:
         "undir": [],
         "raised": "module 'zmqexecutor' has no attribute 'NoSuchName'",
     }
+
+
+@pytest.mark.timeout(30)
+def test_worker_welcomed_as_the_executor_leaves_exits_when_stopped(tmp_path: Path) -> None:
+    """An executor that shuts down right after WELCOMEing a worker process (its sink closed
+    before the READY) must not leave that process blocked in sending READY: stopped, it
+    exits cleanly at once (it used to wait for SIGKILL, holding up shutdown() 5 s).
+
+    The worker process runs in a thread here, as in benchmarks/scale.py; ``draining`` is
+    what its SIGTERM handler sets."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sink = ctx.socket(zmq.PULL)
+    sink.linger = 0
+    sink.bind(f"ipc://{tmp_path}/sink")
+    status = str(tmp_path / "status")
+    create(status, proto.NO_SESSION)
+    worker = WorkerProcess(
+        {
+            "worker_id": uuid.uuid4().hex[:16],
+            "host_id": uuid.uuid4().hex[:16],
+            "sink": f"ipc://{tmp_path}/sink",
+            "inbox": f"ipc://{tmp_path}/inbox",
+            "status": status,
+            "parent_pid": os.getppid(),
+            "log_level": "WARNING",
+            "secure": False,
+        }
+    )
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+    thread.start()
+    inbox = ctx.socket(zmq.PUSH)
+    inbox.linger = 0
+    try:
+        assert sink.poll(int(RESULT_TIMEOUT * 1000)), "no HELLO from the worker process"
+        hello = sink.recv_multipart()
+        assert proto.parse_header(hello[0])[0] is Kind.HELLO
+        sink.close()  # the executor shuts down ...
+        wait_until(lambda: worker.executor_dropped, what="the worker to see the sink close")
+        inbox.connect(proto.parse_control(hello)["inbox"])
+        inbox.send_multipart([*proto.control(Kind.WELCOME, {}, os.urandom(8)), b""])
+        wait_until(lambda: read_status(status).state == State.READY, what="the WELCOME")
+        worker.draining = True  # ... and stops its worker processes (SIGTERM)
+        worker._wakeup_w.send(b"x")
+        thread.join(WORKER_EXIT_TIMEOUT)  # the supervisor's SIGKILL would come then
+        assert not thread.is_alive(), "the worker process is stuck sending READY"
+        assert codes == [0]
+        assert read_status(status).state == State.CLEAN_EXIT
+    finally:
+        inbox.close()
+        if not thread.is_alive():
+            ctx.term()
