@@ -1,8 +1,9 @@
-"""A worker process starts as a fresh interpreter that imports only its own side of the package.
+"""A worker process's start: a fresh interpreter that imports only its own side of the
+package, and that a shutdown during its start does not hold up.
 
 Start-up time is a worker's imports (issue 11, part 4): the executor's side (dispatcher,
 scheduler, supervisor) and heavy standard modules (importlib.metadata, pathlib, hashlib) would
-double it. Each check runs in a fresh interpreter: this one has imported everything already.
+double it. The import checks run in a fresh interpreter: this one has imported everything.
 """
 
 from __future__ import annotations
