@@ -64,6 +64,7 @@ def helper_main(a):
     """N WorkerProcess loops in threads of this process, plus a supervisor's heartbeats."""
     import zmq
 
+    from zmqexecutor import _messages as msg
     from zmqexecutor import _protocol as proto
     from zmqexecutor._status import State, create, read_status
     from zmqexecutor._worker_process import WorkerProcess
@@ -105,17 +106,17 @@ def helper_main(a):
         push.linger = 0
         push.sndhwm = 100
         push.connect(a.address)
-        body = {
-            "host_id": host_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "interval": 1.0,
-            "workers": [w.worker_id for w in workers],
-        }
+        beat = msg.Heartbeat(
+            host_id=host_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            interval=1.0,
+            workers=tuple(w.worker_id for w in workers),
+        ).encode()
         try:
             while True:
                 with contextlib.suppress(zmq.Again):
-                    push.send_multipart(proto.control(proto.Kind.HEARTBEAT, body), zmq.NOBLOCK)
+                    push.send_multipart(beat, zmq.NOBLOCK)
                 if stop.wait(1.0) or os.getppid() != parent:
                     return
         finally:

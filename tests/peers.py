@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import pickle
 import random
@@ -23,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import zmq
@@ -37,8 +38,10 @@ from conftest import (
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 
+M = TypeVar("M", bound=msg.Message)
 LOOPBACK = "tcp://127.0.0.1:*"
 TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
 HANDSHAKE_TIMEOUT = 15.0
@@ -361,22 +364,79 @@ def bait(canary: Path) -> bytes:
     return pickle.dumps(MkdirCanary(canary), protocol=5)
 
 
-def hello_body(worker_id: str, inbox: str, **overrides: Any) -> dict[str, Any]:
-    """The JSON body of a worker's HELLO, as a fake worker sends it."""
-    from zmqexecutor._protocol import cloudpickle_major, python_version
+# -- forged control messages: made from the records of zmqexecutor/_messages.py (the one
+# copy of the schema); a malformed one is ``record.forge(session, field=bad value)``
 
-    body: dict[str, Any] = {
-        "id": worker_id,
-        "host": "attacker",
-        "host_id": f"host-{worker_id}",
-        "pid": 4242,
-        "inbox": inbox,
-        "slots": 1,
-        "python": python_version(),
-        "cloudpickle": cloudpickle_major(),
-    }
-    body.update(overrides)
-    return body
+FORGED_ID = "0123456789abcdef"  #: a worker id of the right form that no worker has
+
+#: one valid message of every control kind, its values as ``decode`` returns them
+VALID_MESSAGES: list[msg.Message] = [
+    msg.Hello(
+        id=FORGED_ID,
+        host="h",
+        host_id="host-1",
+        pid=42,
+        inbox="tcp://127.0.0.1:5555",
+        slots=1,
+        resources={"GPU": 2, "MEM": 1.5e9},
+        python="3.11",
+        cloudpickle="3",
+        versions={"zmqexecutor": "1.0", "pyzmq": None},
+    ),
+    msg.Ready(id=FORGED_ID),
+    msg.InitFailed(id=FORGED_ID, error="ValueError: no", traceback="Traceback ..."),
+    msg.Bye(id=FORGED_ID, done=3),
+    msg.VersionsReply(
+        id=FORGED_ID, request=7, versions={"numpy": "2.0", "absent": "not installed"}
+    ),
+    msg.Heartbeat(
+        host_id="host-1", host="h", pid=42, interval=1.0, timeout=10.0, workers=(FORGED_ID,)
+    ),
+    msg.Died(
+        id=FORGED_ID, pid=42, host="h", exit="exited with code 1", running=5, last_started=5,
+        timeout=0.5,
+    ),
+    msg.Output(host="h", chunks=(proto.OutputChunk(42, proto.STDERR, "a line\n"),), dropped=10),
+    msg.Welcome(
+        max_tasks_per_child=None,
+        task_timeout=2.5,
+        heartbeat_interval=1.0,
+        max_message_size=2**20,
+        forward_output=False,
+        initializer=b"a pickle",
+    ),
+    msg.Refuse(reason="versions differ"),
+    msg.AskVersions(request=7, packages=("numpy", "scikit-learn")),
+    msg.Detach(),
+    msg.Attach(sink="ipc:///tmp/zmqexecutor-sink"),
+]  # fmt: skip
+
+
+def example(kind: type[M]) -> M:
+    """The valid message of this record in VALID_MESSAGES."""
+    return next(m for m in VALID_MESSAGES if isinstance(m, kind))
+
+
+def forged_id(name: str) -> str:
+    """A worker id of the right form (16 characters) that reads as ``name``."""
+    return name.ljust(16, "-")[:16]
+
+
+def forged_hello(name: str, inbox: str, **fields: Any) -> msg.Hello:
+    """A HELLO as a fake worker sends it: worker id ``forged_id(name)``, our Python and
+    cloudpickle versions (so it is not refused for them); ``fields`` replace any."""
+    hello = dataclasses.replace(
+        example(msg.Hello),
+        id=forged_id(name),
+        host="attacker",
+        host_id=f"host-{name}"[:64],
+        pid=4242,
+        inbox=inbox,
+        resources={},
+        python=proto.python_version(),
+        cloudpickle=proto.cloudpickle_major(),
+    )
+    return dataclasses.replace(hello, **fields)
 
 
 def forged_results(session: bytes, sender: str, task_id: int, payload: bytes) -> list[bytes]:

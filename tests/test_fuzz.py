@@ -19,6 +19,7 @@ ATTACH/DETACH to a waiting host. Those are authenticated control, not malformed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,9 +36,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from peers import (  # noqa: F401  (importing the fixtures registers them here)
     LOOPBACK,
+    VALID_MESSAGES,
     Peers,
     assert_shuts_down,
     bait,
+    forged_hello,
     inboxes_of,
     new_token,
     no_ambient_token,
@@ -46,6 +49,7 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     worker_hosts_fixture,
 )
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 from zmqexecutor._protocol import Kind
 
@@ -66,11 +70,8 @@ FUZZ_SETTINGS = settings(
 )
 BARRIER_TIMEOUT = 10.0
 
-FIELDS = [
-    "id", "host", "host_id", "pid", "inbox", "slots", "python", "cloudpickle", "sink", "done",
-    "running", "last_started", "exit", "timeout", "error", "traceback", "reason", "interval",
-    "workers", "max_tasks_per_child", "task_timeout", "heartbeat_interval", "max_message_size",
-]  # fmt: skip
+#: the members of every control message's body (from the records of _messages.py)
+FIELDS = sorted({f.name for m in VALID_MESSAGES for f in dataclasses.fields(m)})
 PLAUSIBLE = [
     "tcp://127.0.0.1:1",
     "ipc:///nonexistent/zmqexecutor-fuzz",
@@ -82,6 +83,11 @@ PLAUSIBLE = [
     "0" * 16,
 ]
 SESSION_CONTROL = {Kind.READY, Kind.INIT_FAILED, Kind.BYE, Kind.DIED}
+#: a valid message of each control kind, where the fuzzer starts from; the HELLO has our
+#: versions (so it gets past the version check) and an inbox nobody listens on
+VALID: dict[Kind, msg.Message] = {m.KIND: m for m in VALID_MESSAGES} | {
+    Kind.HELLO: forged_hello("fuzz", PLAUSIBLE[0])
+}
 
 json_values = st.recursive(
     st.none()
@@ -139,34 +145,30 @@ def headers(draw: Any, session: bytes, forbidden: Callable[[int, bytes], bool]) 
 def control_messages(
     draw: Any, session: bytes, forbidden: Callable[[int, bytes], bool]
 ) -> list[bytes]:
-    """A well-formed control message (often a HELLO) whose body has the protocol's fields, each
-    plausible or ill-typed, and usually the right versions: reaches the code past the JSON
-    parser and the version check."""
-    from zmqexecutor._protocol import cloudpickle_major, python_version
-
+    """A well-formed control message (often a HELLO): a valid one of its kind (``VALID``) whose
+    members are each kept, replaced by a value its check refuses or by a random one, or left
+    out: reaches the code past the JSON parser, the version check and the field checks."""
     kind = draw(st.sampled_from([Kind.HELLO] * 4 + list(Kind)))
     sess = draw(st.sampled_from([session, proto.NO_SESSION]) | st.binary(min_size=8, max_size=8))
     if forbidden(kind, sess):
         sess = proto.NO_SESSION
-    plausible = {
-        "id": st.text(min_size=1, max_size=16),
-        "inbox": st.sampled_from(PLAUSIBLE[:3]),
-        "sink": st.sampled_from(PLAUSIBLE[:3]),
-        "python": st.just(python_version()),
-        "cloudpickle": st.just(cloudpickle_major()),
-        "pid": st.integers(0, 2**22),
-        "slots": st.integers(1, 8),
-    }
-    body = {}
-    for name in FIELDS:
-        odds = ["plausible"] * (8 if name in ("id", "inbox", "python", "cloudpickle") else 1)
-        how = draw(st.sampled_from([*odds, "random", "absent"]))
-        if how == "plausible":
-            body[name] = draw(plausible.get(name, json_values))
-        elif how == "random":
-            body[name] = draw(json_values)
-    return [proto.header(kind, sess), json.dumps(body).encode(), *draw(st.lists(
-        st.binary(max_size=16), max_size=2))]  # fmt: skip
+    valid = VALID.get(kind)
+    if valid is None:  # TASKS and RESULTS have no JSON body: any members
+        body = {name: draw(json_values) for name in FIELDS if draw(st.booleans())}
+        frames = proto.control(kind, body, sess)
+    else:
+        members: dict[str, Any] = {}
+        for f in dataclasses.fields(valid):
+            refused = msg.check_of(f).invalid()
+            how = draw(st.sampled_from(["valid"] * 6 + ["refused", "random", "absent"]))
+            if how == "refused" and refused:
+                members[f.name] = draw(st.sampled_from(refused))
+            elif how == "random":
+                members[f.name] = draw(json_values)
+            elif how == "absent":
+                members[f.name] = msg.ABSENT
+        frames = valid.forge(sess, **members)
+    return [*frames, *draw(st.lists(st.binary(max_size=16), max_size=2))]
 
 
 def frame_lists(
@@ -206,7 +208,7 @@ def test_fuzz_executor_sink(
         """A HEARTBEAT from a new host id: once the executor knows that host, everything sent
         before it on this connection has been processed."""
         host_id = uuid.uuid4().hex
-        fuzzer.send(proto.control(Kind.HEARTBEAT, {"host_id": host_id, "host": "fuzz"}))
+        fuzzer.send(msg.Heartbeat(host_id=host_id, host="fuzz", pid=1, interval=1.0).encode())
         wait_until(
             lambda: not d.is_alive() or host_id in ex.stats().host_ids,
             BARRIER_TIMEOUT,

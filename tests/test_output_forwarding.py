@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from conftest import WorkerHost, free_tcp_port, host_logs, wait_until, worker_env
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 from zmqexecutor._defaults import OUTPUT_BURST, OUTPUT_MAX_LINE, OUTPUT_RATE
 from zmqexecutor._output import _Pipe
+from zmqexecutor._protocol import OutputChunk
 
 LOOPBACK = "tcp://127.0.0.1:*"
 HB_ARGS = ["--heartbeat-interval", "0.2", "--heartbeat-timeout", "3"]
@@ -345,26 +348,39 @@ def test_lines_are_whole_and_cut() -> None:
     assert pipe.lines(b"more of it\nnext\n") == (b"next\n", len(b"more of it\n"))
 
 
-def test_output_message_round_trip() -> None:
-    frames = proto.output("h", [(7, proto.STDERR, b"caf\xc3\xa9 \xff\n")], 5)
-    host, chunks, dropped = proto.parse_output(frames)
-    assert (host, dropped) == ("h", 5)
-    assert [(c.pid, c.stream, c.text) for c in chunks] == [(7, 2, "café \ufffd\n")]
-    big = "w" * (OUTPUT_MAX_LINE + 5) + "\nok\n"
-    frames = proto.control(proto.Kind.OUTPUT, {"host": "h", "chunks": [[1, 1, big]]})
-    assert proto.parse_output(frames)[1][0].text == "w" * OUTPUT_MAX_LINE + " [cut]\nok\n"
+# (the OUTPUT message itself: tests/test_messages.py)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"chunks": []},
-        {"host": "h", "chunks": [[1, 3, "bad stream\n"]]},
-        {"host": "h", "chunks": [[1, 1]]},
-        {"host": "h", "chunks": [["1", 1, "x\n"]]},
-        {"host": "h", "chunks": "x"},
-    ],
-)
-def test_bad_output_messages_are_protocol_errors(body: dict[str, Any]) -> None:
-    with pytest.raises(proto.ProtocolError):
-        proto.parse_output(proto.control(proto.Kind.OUTPUT, body))
+@pytest.mark.timeout(60)
+def test_output_of_another_session_is_dropped(
+    make_executor: Callable[..., Any], out: Callable[[], tuple[Captured, Captured]]
+) -> None:
+    """OUTPUT carries the session its host's worker processes serve: what a host sends for
+    a previous executor (which had this address) is dropped and counted, never printed;
+    output from before any WELCOME (no session) and of this session is printed."""
+    stdout, _ = out()
+    ex = remote(make_executor)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    host = ctx.socket(zmq.PUSH)
+    host.linger = 0
+    host.connect(ex.address)
+
+    def send(session: bytes, text: str) -> None:
+        chunk = OutputChunk(4242, proto.STDOUT, f"{text}\n")
+        host.send_multipart(msg.Output(host="old-host", chunks=(chunk,)).encode(session))
+
+    try:
+        send(os.urandom(8), "from the previous executor's session")
+        send(proto.NO_SESSION, "before any welcome")
+        send(ex._dispatcher.session, "of this session")  # in order, on one connection
+        wait_until(
+            lambda: "of this session" in stdout.getvalue(),
+            timeout=10,
+            what=lambda: f"the line of this session; stdout={stdout.getvalue()!r}",
+        )
+        assert "before any welcome" in stdout.getvalue()
+        assert "previous" not in stdout.getvalue()
+        assert ex.stats().protocol_errors == 1
+    finally:
+        host.close()
+        ctx.term()

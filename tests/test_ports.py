@@ -30,6 +30,7 @@ from conftest import (
     worker_env,
 )
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 from zmqexecutor._net import (
     Endpoint,
@@ -405,8 +406,8 @@ def test_advertised_port_range_maps_each_bound_port(
             frames = sink.recv_multipart()
             kind, _, _ = proto.parse_header(frames[0])
             if kind is proto.Kind.HELLO:
-                body = proto.parse_control(frames)
-                hellos[int(body["pid"])] = str(body["inbox"])
+                hello = msg.Hello.decode(frames)
+                hellos[hello.pid] = hello.inbox
         for pid, inbox in hellos.items():
             assert inbox == f"tcp://127.0.0.1:{inbox_port(pid) + offset}", host_logs(host)
         assert {inbox_port(pid) for pid in hellos} == set(ports)

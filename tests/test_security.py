@@ -24,6 +24,7 @@ a fixed time (``holds_for``); nothing synchronizes on a sleep.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -51,6 +52,7 @@ from conftest import (
     wait_until,
 )
 from peers import (  # noqa: F401  (importing the fixtures registers them here)
+    FORGED_ID,
     LOOPBACK,
     Peers,
     assert_shuts_down,
@@ -59,10 +61,12 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     cmdline,
     derive,
     dropped,
+    example,
+    forged_hello,
+    forged_id,
     forged_results,
     forged_tasks,
     held_task,
-    hello_body,
     holds_for,
     inboxes_of,
     joined_pids,
@@ -78,6 +82,7 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     write_token_file,
 )
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 from zmqexecutor._protocol import Kind
 
@@ -123,10 +128,8 @@ def test_s01_unauthenticated_peer_cannot_execute_code(
     # At the sink: a result for the running task (right session, worker and task id) whose
     # pickle is the canary, and a HELLO that would register the attacker as a worker.
     trap = peers.bind(zmq.PULL)
-    to_sink = [
-        forged_results(session, owner_id, held_id, bait(canary)),
-        proto.control(Kind.HELLO, hello_body("intruder", trap.endpoint)),
-    ]
+    intruder = forged_hello("intruder", trap.endpoint)
+    to_sink = [forged_results(session, owner_id, held_id, bait(canary)), intruder.encode()]
     attack(peers, ex.address, token, to_sink)
     # At each worker inbox: a TASKS message of this very session whose callable and arguments
     # are the canary.
@@ -141,7 +144,7 @@ def test_s01_unauthenticated_peer_cannot_execute_code(
     assert set(pgids(ex, 8)) == {host.pid}
     assert not canary.exists(), "an unauthenticated peer's pickle was loaded"
     assert trap.received() == [], "the executor talked to the attacker's inbox"
-    assert "intruder" not in registered_ids(ex)
+    assert intruder.id not in registered_ids(ex)
     assert host.processes() == processes, "a worker process died or was replaced"
     assert ex._dispatcher.is_alive()
 
@@ -160,7 +163,7 @@ def test_s01_unauthenticated_peer_cannot_feed_a_listening_worker_host(
     rendezvous = f"tcp://127.0.0.1:{free_tcp_port()}"
     host = worker_hosts("--listen", rendezvous, name="waiting", token=token)
     trap = peers.bind(zmq.PULL)  # the attacker's sink: a HELLO here would be answered
-    attach = proto.control(Kind.ATTACH, {"sink": trap.endpoint}, os.urandom(8))
+    attach = msg.Attach(sink=trap.endpoint).encode(os.urandom(8))
     attack(peers, rendezvous, token, [attach])
 
     ex = make_executor(workers=[rendezvous], token=token)
@@ -199,9 +202,7 @@ def test_s01_control_the_same_attacks_succeed_without_a_token(
     rendezvous = f"tcp://127.0.0.1:{free_tcp_port()}"
     worker_hosts("--listen", rendezvous, "--insecure", name="waiting")
     trap = peers.bind(zmq.PULL)
-    peers.connect(zmq.PUSH, rendezvous).send(
-        proto.control(Kind.ATTACH, {"sink": trap.endpoint}, os.urandom(8))
-    )
+    peers.connect(zmq.PUSH, rendezvous).send(msg.Attach(sink=trap.endpoint).encode(os.urandom(8)))
     hellos: list[list[bytes]] = []
 
     def hello_arrived() -> bool:
@@ -209,9 +210,9 @@ def test_s01_control_the_same_attacks_succeed_without_a_token(
         return bool(hellos)
 
     wait_until(hello_arrived, what="a worker process to say HELLO to the attacker's sink")
-    inbox = proto.parse_control(hellos[0])["inbox"]
-    welcome = [*proto.control(Kind.WELCOME, {}, os.urandom(8)), bait(canary)]
-    peers.connect(zmq.PUSH, inbox).send(welcome)
+    inbox = msg.Hello.decode(hellos[0]).inbox
+    welcome = dataclasses.replace(example(msg.Welcome), initializer=bait(canary))
+    peers.connect(zmq.PUSH, inbox).send(welcome.encode(os.urandom(8)))
     wait_until(canary.exists, what="the worker to unpickle the attacker's initializer")
 
 
@@ -239,11 +240,8 @@ def test_s02_rogue_worker_cannot_steal_tasks(
     rogue_inboxes = [peers.bind(zmq.PULL), peers.bind(zmq.PULL, server_keys=zmq.curve_keypair())]
     announcers = []
     for i, rogue in enumerate(rogue_inboxes):
-        rid = f"rogue-{i}"
-        messages = [
-            proto.control(Kind.HELLO, hello_body(rid, rogue.endpoint)),
-            proto.control(Kind.READY, {"id": rid}, session),
-        ]
+        hello = forged_hello(f"rogue-{i}", rogue.endpoint)
+        messages = [hello.encode(), msg.Ready(id=hello.id).encode(session)]
         for sender in (
             peers.connect(zmq.PUSH, ex.address),
             peers.random_curve(zmq.PUSH, ex.address, token),
@@ -260,7 +258,7 @@ def test_s02_rogue_worker_cannot_steal_tasks(
     assert pgids(ex, 50) == [host.pid] * 50
     for peer in rogue_inboxes + thieves:
         assert peer.received() == [], f"{peer.endpoint} received a message"
-    assert not {"rogue-0", "rogue-1"} & registered_ids(ex)
+    assert not {forged_id("rogue-0"), forged_id("rogue-1")} & registered_ids(ex)
 
 
 # ---------------------------------------------------------------------------- S-03, S-04
@@ -798,6 +796,18 @@ def test_s08_token_on_command_line_warns_and_is_not_echoed(
         assert secret not in log
 
 
+def test_s08_host_settings_repr_hides_the_token() -> None:
+    """S-08: a worker host's settings record (what run_worker hands its supervisor) never
+    shows its token in its repr or str, which is what a log line or a traceback would print."""
+    from zmqexecutor._host_settings import HostSettings
+
+    token = new_token()
+    settings = HostSettings(processes=1, sink="tcp://127.0.0.1:5555", token=token)
+    assert settings.token == token
+    for secret in secret_forms(token):
+        assert secret not in repr(settings) and secret not in str(settings)
+
+
 # ---------------------------------------------------------------------------- BI-07
 
 
@@ -887,13 +897,10 @@ MALFORMED: dict[str, Callable[[bytes], list[bytes]]] = {
     "RESULTS of another session": lambda s: forged_results(
         os.urandom(8), SENDER.decode(), UNKNOWN_TASK, b"x"
     ),
-    "HELLO with mistyped fields": lambda s: [
-        _hdr(Kind.HELLO),
-        b'{"id": "typo", "python": "%s", "inbox": "tcp://127.0.0.1:1", "slots": "many",'
-        b' "pid": "x", "host": 7, "host_id": [], "cloudpickle": "%s"}'
-        % (sys_python().encode(), cloudpickle.__version__.split(".")[0].encode()),
-    ],
-    "READY of another session": lambda s: proto.control(Kind.READY, {"id": "x"}, os.urandom(8)),
+    "HELLO with mistyped fields": lambda s: forged_hello("typo", "tcp://127.0.0.1:1").forge(
+        slots="many", pid="x", host=7, host_id=[]
+    ),
+    "READY of another session": lambda s: msg.Ready(id=FORGED_ID).encode(os.urandom(8)),
     "HELLO of another version, body not JSON": lambda s: [_hdr_v(99, Kind.HELLO), b"\xbd"],
     "HELLO of another version, no body": lambda s: [_hdr_v(99, Kind.HELLO)],
     "HELLO of another version, body not an object": lambda s: [_hdr_v(99, Kind.HELLO), b"7"],
@@ -923,7 +930,51 @@ def test_bi09_truncated_and_wrong_frame_count(
     )
     assert ex._dispatcher.is_alive()
     assert ex.submit(pow, 2, 10).result(timeout=RESULT_TIMEOUT) == 1024
-    assert "typo" not in registered_ids(ex)
+    assert forged_id("typo") not in registered_ids(ex)
+    assert_shuts_down(ex)
+
+
+#: what arrives on the sink: every field of every one, with every value its check refuses
+#: (from the records of _messages.py); those about a worker are of the live session
+SINK_RECORDS = [msg.Hello, msg.Heartbeat, msg.Output, *msg.ABOUT_A_WORKER.values()]
+
+
+def bad_sink_messages(session: bytes) -> list[list[bytes]]:
+    messages = []
+    for record in SINK_RECORDS:
+        valid = example(record)
+        if isinstance(valid, msg.Hello):
+            valid = forged_hello("typo", "tcp://127.0.0.1:1")
+        in_session = session if isinstance(valid, msg.AboutWorker) else proto.NO_SESSION
+        for f in dataclasses.fields(valid):
+            messages += [
+                valid.forge(in_session, **{f.name: bad}) for bad in msg.check_of(f).invalid()
+            ]
+    return messages
+
+
+@pytest.mark.timeout(60)
+def test_bi09_every_bad_field_is_dropped_and_counted(
+    make_executor: Callable[..., Any], peers: Peers
+) -> None:
+    """BI-09: a message that reaches the sink with any field of the wrong type, range or
+    length (each value each field's check refuses) is dropped and counted, one protocol
+    error each; nothing registers, and the executor keeps working."""
+    token = new_token()
+    ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
+    assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
+    before = ex.stats().protocol_errors
+    messages = bad_sink_messages(ex._dispatcher.session)
+    peer = peers.authenticated(ex.address, token)
+    for message in messages:
+        peer.send(message)
+    wait_until(
+        lambda: ex.stats().protocol_errors >= before + len(messages),
+        what=lambda: f"{len(messages)} protocol errors, counted {ex.stats().protocol_errors}",
+    )
+    assert ex.submit(pow, 2, 10).result(timeout=RESULT_TIMEOUT) == 1024
+    assert ex.stats().protocol_errors == before + len(messages)
+    assert forged_id("typo") not in registered_ids(ex)
     assert_shuts_down(ex)
 
 
@@ -976,15 +1027,15 @@ def test_bi13_protocol_or_python_version_mismatch(
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
     # an inbox the executor could really reach (CURVE server with the derived server keys)
     inbox = peers.bind(zmq.PULL, server_keys=(keys.server_public, keys.server_secret))
-    body = hello_body("future-worker", inbox.endpoint)
+    hello = forged_hello("future-worker", inbox.endpoint)
     if mismatch == "protocol":
         header = proto.HEADER.pack(proto.MAGIC, 99, Kind.HELLO, 0, proto.NO_SESSION, 0)
         theirs, ours = "99", str(proto.PROTOCOL_VERSION)
     else:
         header = proto.header(Kind.HELLO)
-        body["python"] = theirs = "2.7"
-        ours = python_version()
-    frames = [header, proto.control(Kind.HELLO, body)[1]]
+        hello = dataclasses.replace(hello, python="2.7")
+        theirs, ours = "2.7", python_version()
+    frames = [header, hello.encode()[1]]
     sender = peers.authenticated(ex.address, token)
     for _ in range(3):  # a real worker repeats its HELLO
         sender.send(frames)
@@ -998,7 +1049,7 @@ def test_bi13_protocol_or_python_version_mismatch(
 
     wait_until(lambda: refusal() is not None, what=lambda: f"a refusal log\n{caplog.text}")
     assert ex.submit(pow, 3, 3).result(timeout=RESULT_TIMEOUT) == 27
-    assert holds_for(lambda: "future-worker" not in registered_ids(ex), 1.0)
+    assert holds_for(lambda: hello.id not in registered_ids(ex), 1.0)
     assert not [m for m in inbox.received() if _is_welcome_or_tasks(m)]
     assert ex._dispatcher.is_alive()
 

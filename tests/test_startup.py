@@ -8,6 +8,7 @@ double it. The import checks run in a fresh interpreter: this one has imported e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,9 +21,9 @@ import pytest
 import zmq
 from conftest import RESULT_TIMEOUT, wait_until
 
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 from zmqexecutor._defaults import WORKER_EXIT_TIMEOUT
-from zmqexecutor._protocol import Kind
 from zmqexecutor._status import State, create, read_status
 from zmqexecutor._worker_process import WorkerProcess
 
@@ -133,12 +134,17 @@ def test_worker_welcomed_as_the_executor_leaves_exits_when_stopped(tmp_path: Pat
     inbox.linger = 0
     try:
         assert sink.poll(int(RESULT_TIMEOUT * 1000)), "no HELLO from the worker process"
-        hello = sink.recv_multipart()
-        assert proto.parse_header(hello[0])[0] is Kind.HELLO
+        hello = msg.Hello.decode(sink.recv_multipart())
         sink.close()  # the executor shuts down ...
         wait_until(lambda: worker.executor_dropped, what="the worker to see the sink close")
-        inbox.connect(proto.parse_control(hello)["inbox"])
-        inbox.send_multipart([*proto.control(Kind.WELCOME, {}, os.urandom(8)), b""])
+        inbox.connect(hello.inbox)
+        welcome = msg.Welcome(
+            max_tasks_per_child=None,
+            task_timeout=None,
+            heartbeat_interval=1.0,
+            max_message_size=2**20,
+        )
+        inbox.send_multipart(welcome.encode(os.urandom(8)))
         wait_until(lambda: read_status(status).state == State.READY, what="the WELCOME")
         worker.draining = True  # ... and stops its worker processes (SIGTERM)
         worker._wakeup_w.send(b"x")
@@ -147,6 +153,11 @@ def test_worker_welcomed_as_the_executor_leaves_exits_when_stopped(tmp_path: Pat
         assert codes == [0]
         assert read_status(status).state == State.CLEAN_EXIT
     finally:
+        worker.draining = True  # whatever failed: the worker's thread leaves, if it can
+        with contextlib.suppress(OSError):
+            worker._wakeup_w.send(b"x")
+        thread.join(WORKER_EXIT_TIMEOUT)
         inbox.close()
+        sink.close()
         if not thread.is_alive():
             ctx.term()

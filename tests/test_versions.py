@@ -28,8 +28,8 @@ from conftest import RESULT_TIMEOUT, TESTS_DIR, Gates, WorkerHost, host_logs, wa
 
 import zmqexecutor
 from zmqexecutor import HostVersions, Versions
+from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
-from zmqexecutor._protocol import Kind
 
 LOOPBACK = "tcp://127.0.0.1:*"
 TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
@@ -265,14 +265,15 @@ def test_protocol_checks_the_question_and_bounds_the_answer() -> None:
     """A worker process checks the names of an ASK_VERSIONS as the call does (a bad one is
     dropped as a protocol error); the executor takes from an answer only the packages it
     asked about, as bounded strings."""
-    session = bytes(8)
-    assert proto.parse_ask_versions(proto.ask_versions(session, 7, ["numpy"])) == (7, ("numpy",))
+    ask = msg.AskVersions(request=7, packages=("numpy",))
+    assert msg.AskVersions.decode(ask.encode()) == ask
     for bad in (["numpy; rm -rf /"], [f"p{i}" for i in range(101)], "numpy"):
-        frames = proto.control(Kind.ASK_VERSIONS, {"request": 1, "packages": bad})
         with pytest.raises(proto.ProtocolError):
-            proto.parse_ask_versions(frames)
-    body = {"versions": {"numpy": "1" * 1000, "other": "9", "pandas": 3}}
-    answer = proto.parse_versions_reply(body, ("numpy", "pandas", "absent"))
-    assert answer == {"numpy": "1" * 64, "pandas": None, "absent": None}
-    with pytest.raises(proto.ProtocolError):
-        proto.parse_versions_reply({"versions": ["numpy"]}, ("numpy",))
+            msg.AskVersions.decode(ask.forge(packages=bad))
+    reply = msg.VersionsReply(id="0" * 16, request=7, versions={})
+    versions = {"numpy": "1" * 1000, "other": "9"}
+    answer = msg.VersionsReply.decode(reply.forge(versions=versions))
+    assert answer.of(("numpy", "absent")) == {"numpy": "1" * 64, "absent": None}
+    for bad_versions in (["numpy"], {"pandas": 3}):
+        with pytest.raises(proto.ProtocolError):
+            msg.VersionsReply.decode(reply.forge(versions=bad_versions))

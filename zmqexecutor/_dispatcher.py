@@ -32,13 +32,13 @@ from typing import Any, cast
 
 import zmq
 
+from . import _messages as msg
 from . import _protocol as proto
 from ._defaults import OUTPUT_SHUTDOWN_MAX, OUTPUT_SHUTDOWN_QUIET, PROTOCOL_VERSION, TICK
 from ._endpoints import Endpoints, Placement
 from ._net import recv_frames, set_heartbeats
 from ._output import Printer, prefixed, print_lines
 from ._protocol import Kind
-from ._resources import check_resources
 from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from ._serialize import load_result
 from ._stats import ExecutorStats, snapshot
@@ -136,13 +136,19 @@ class Dispatcher(threading.Thread):
         self.security = self.ends.security
         # forward_output=False: the worker processes of remote hosts write to their host's
         # terminal, so the hosts never read, send or rate-limit their output
-        self.welcome = {**settings.welcome(), "forward_output": forward_output}
+        self.welcome = msg.Welcome(
+            max_tasks_per_child=settings.max_tasks_per_child,
+            task_timeout=settings.task_timeout,
+            heartbeat_interval=settings.heartbeat_interval,
+            max_message_size=settings.max_message_size,
+            forward_output=forward_output,
+            initializer=initializer,
+        )
         self.forward_output = forward_output
         #: prints remote tasks' output (started on the first OUTPUT message)
         self.printer: Printer | None = None
         self.output_dropped = 0  #: bytes the hosts dropped
         self.remote_joined = False  #: a remote worker joined: wait for its output at the end
-        self.initializer = initializer
         #: the host id of this process's own supervisor (local mode), whose workers
         #: _close() has told to leave already
         self.local_host = self.ends.local_host
@@ -319,7 +325,8 @@ class Dispatcher(threading.Thread):
         none idle, to all of them: the first to finish its tasks answers."""
         core = self.core
         request.request_id = next(self._versions_ids)
-        question = proto.ask_versions(self.session, request.request_id, request.packages)
+        ask = msg.AskVersions(request=request.request_id, packages=request.packages)
+        question = ask.encode(self.session)
         for host in list(core.hosts.values()):
             workers = [w for w in map(core.workers.get, host.workers) if w is not None]
             if not workers:
@@ -339,15 +346,12 @@ class Dispatcher(threading.Thread):
                     )
         self._versions_asked[request.request_id] = request
 
-    def _on_versions(self, w: WorkerState, body: dict[str, Any]) -> None:
+    def _on_versions(self, w: WorkerState, reply: msg.VersionsReply) -> None:
         """A worker process's answer: the first one from each host counts."""
-        request_id = body.get("request")
-        if not isinstance(request_id, int):
-            raise proto.ProtocolError("VERSIONS without a request id")
-        request = self._versions_asked.get(request_id)
+        request = self._versions_asked.get(reply.request)
         if request is None or w.host_id not in request.waiting:
             return  # late (past the deadline), or another process of its host was first
-        request.answers[w.host_id] = proto.parse_versions_reply(body, request.packages)
+        request.answers[w.host_id] = reply.of(request.packages)
         del request.waiting[w.host_id]
         if not request.waiting:
             self._finish_versions(request)
@@ -379,14 +383,14 @@ class Dispatcher(threading.Thread):
         with contextlib.suppress(InvalidStateError):  # answered by a caller meanwhile
             request.future.set_result(result)
 
-    def _note_versions(self, w: WorkerState, hello: dict[str, Any]) -> None:
+    def _note_versions(self, w: WorkerState, hello: msg.Hello) -> None:
         """Keep the base versions a host's first HELLO tells; warn, once per host, when its
         zmqexecutor or Python version differs from ours (pickles may still work)."""
         if w.host_id in self.host_versions:
             return
         for gone in [h for h in self.host_versions if h not in self.core.hosts]:
             del self.host_versions[gone]  # bounded by the live hosts
-        theirs = self.host_versions[w.host_id] = proto.parse_host_versions(hello)
+        theirs = self.host_versions[w.host_id] = hello.base_versions()
         ours = proto.host_versions()
         differ = [
             (label, theirs[name], ours[name])
@@ -468,7 +472,7 @@ class Dispatcher(threading.Thread):
         if now < self._next_attach:
             return
         self._next_attach = now + self.settings.heartbeat_interval
-        attach = proto.control(Kind.ATTACH, {"sink": self.sink_address}, self.session)
+        attach = msg.Attach(sink=self.sink_address).encode(self.session)
         for sock in self.attach:
             with contextlib.suppress(zmq.Again):
                 sock.send_multipart(attach, zmq.NOBLOCK)
@@ -503,20 +507,14 @@ class Dispatcher(threading.Thread):
         kind, session, _ = proto.parse_header(frames[0])
         core = self.core
         if kind is Kind.HELLO:
-            self._on_hello(proto.parse_control(frames))
+            self._on_hello(msg.Hello.decode(frames))
             return
         if kind is Kind.HEARTBEAT:
-            body = proto.parse_control(frames)
-            timeout = body.get("timeout")
-            core.heartbeat(
-                str(body.get("host_id", "")),
-                str(body.get("host", "?")),
-                time.monotonic(),
-                float(timeout) if isinstance(timeout, (int, float)) else None,
-            )
+            beat = msg.Heartbeat.decode(frames)
+            core.heartbeat(beat.host_id, beat.host, time.monotonic(), beat.timeout)
             return
         if kind is Kind.OUTPUT:
-            self._on_output(frames)
+            self._on_output(frames, session)
             return
         if session != self.session:
             raise proto.ProtocolError(f"{kind.name} from another session")
@@ -524,43 +522,45 @@ class Dispatcher(threading.Thread):
             sender, records = proto.decode_results(frames)
             core.results(sender, records, time.monotonic(), load_result)
             return
-        body = proto.parse_control(frames)
-        w = core.workers.get(str(body.get("id")))
+        if kind not in msg.ABOUT_A_WORKER:
+            raise proto.ProtocolError(f"unexpected {kind.name} on the sink")
+        m = msg.ABOUT_A_WORKER[kind].decode(frames)
+        w = core.workers.get(m.id)
         if w is None:
-            log.debug("%s from an unknown worker %s", kind.name, body.get("id"))
-            return
-        if kind is Kind.READY:
+            log.debug("%s from an unknown worker %s", kind.name, m.id)
+        elif isinstance(m, msg.Ready):
             core.worker_ready(w)
-        elif kind is Kind.INIT_FAILED:
-            core.worker_init_failed(w, str(body.get("error")), str(body.get("traceback", "")))
-        elif kind is Kind.BYE:
-            core.worker_left(w, body.get("done"))
-        elif kind is Kind.VERSIONS:
-            self._on_versions(w, body)
-        elif kind is Kind.DIED:
+        elif isinstance(m, msg.InitFailed):
+            core.worker_init_failed(w, m.error, m.traceback)
+        elif isinstance(m, msg.Bye):
+            core.worker_left(w, m.done)
+        elif isinstance(m, msg.VersionsReply):
+            self._on_versions(w, m)
+        elif isinstance(m, msg.Died):
             core.worker_died(
                 w,
-                running=int(body.get("running", 0)),
-                last_started=int(body.get("last_started", 0)),
-                how=str(body.get("exit", "died")),
-                timeout=float(body.get("timeout") or 0),
+                running=m.running,
+                last_started=m.last_started,
+                how=m.exit,
+                timeout=m.timeout,
                 now=time.monotonic(),
             )
-        else:
-            raise proto.ProtocolError(f"unexpected {kind.name} on the sink")
 
-    def _on_output(self, frames: list[Any]) -> None:
+    def _on_output(self, frames: list[Any], session: bytes) -> None:
         """Remote tasks' output: printed by the printer thread, so that a blocked stdout
-        never stalls this loop (a full queue drops lines and counts them)."""
+        never stalls this loop (a full queue drops lines and counts them). Output from
+        before a host's processes were welcomed has no session, and is printed too."""
         if not self.forward_output:
             return  # e.g. a worker process's warnings before it was WELCOMEd
-        host, chunks, dropped = proto.parse_output(frames)
-        self.output_dropped += dropped
+        if session not in (self.session, proto.NO_SESSION):
+            raise proto.ProtocolError("OUTPUT from another session (a previous executor's)")
+        output = msg.Output.decode(frames)
+        self.output_dropped += output.dropped
         if self.printer is None:
             self.printer = Printer(print_lines, "zmqexecutor-output")
             self.printer.start()
-        for chunk in chunks:
-            self.printer.put(chunk.stream, prefixed(host, chunk), len(chunk.text))
+        for chunk in output.chunks:
+            self.printer.put(chunk.stream, prefixed(output.host, chunk), len(chunk.text))
 
     def _last_output(self) -> None:
         """Print what remote tasks wrote just before their results came back: it is still
@@ -572,63 +572,51 @@ class Dispatcher(threading.Thread):
                 continue
             with contextlib.suppress(zmq.Again, proto.ProtocolError):
                 frames = recv_frames(self.sink, zmq.NOBLOCK)
-                if proto.parse_header(frames[0])[0] is Kind.OUTPUT:
-                    self._on_output(frames)
+                kind, session, _ = proto.parse_header(frames[0])
+                if kind is Kind.OUTPUT:
+                    self._on_output(frames, session)
                     quiet = time.monotonic() + OUTPUT_SHUTDOWN_QUIET
 
-    def _on_hello(self, body: dict[str, Any]) -> None:
-        worker_id = str(body.get("id"))
-        if worker_id in self.core.workers:
+    def _on_hello(self, hello: msg.Hello) -> None:
+        """A worker process registers (``hello`` is checked: before any socket exists)."""
+        if hello.id in self.core.workers:
             return  # a repeated HELLO; WELCOME is on its way
-        mismatch = proto.version_mismatch(body)
+        mismatch = hello.mismatch()
         if mismatch:
-            self._refuse(body, mismatch)
+            self._refuse(hello.inbox, f"{hello.host} pid {hello.pid}", mismatch)
             return
-        try:  # every field is checked before a socket exists
-            inbox = body["inbox"]
-            pid, slots = int(body.get("pid", 0)), max(1, int(body.get("slots", 1)))
-            resources = check_resources(body.get("resources") or {}, "HELLO resources")
-            if not isinstance(inbox, str) or len(worker_id) != 16:
-                raise ValueError("bad inbox or worker id")
-        except (KeyError, ValueError, TypeError) as e:
-            raise proto.ProtocolError(f"HELLO with bad fields: {e}") from None
         try:
             push = self.ctx.socket(zmq.PUSH)
         except zmq.ZMQError as e:  # out of sockets or files: the worker repeats its HELLO
-            log.error("cannot accept worker %s pid %s yet: %s", body.get("host"), pid, e)
+            log.error("cannot accept worker %s pid %s yet: %s", hello.host, hello.pid, e)
             return
         push.linger = 0
         push.sndhwm = 0  # credit bounds what is queued
         set_heartbeats(push, self.settings.heartbeat_interval, self.settings.heartbeat_timeout)
         self.security.client(push)
         try:
-            push.connect(inbox)
+            push.connect(hello.inbox)
         except zmq.ZMQError as e:
             push.close()
             raise proto.ProtocolError(f"HELLO with a bad inbox address: {e}") from None
         w = self.core.worker_joined(
-            worker_id,
-            str(body.get("host_id", "")),
-            str(body.get("host", "?")),
-            pid,
-            slots,
+            hello.id,
+            hello.host_id,
+            hello.host,
+            hello.pid,
+            hello.slots,
             time.monotonic(),
-            resources,
+            dict(hello.resources),
         )
-        self.links[worker_id] = Link(push, worker_id.encode())
-        self._note_versions(w, body)
+        self.links[hello.id] = Link(push, hello.id.encode())
+        self._note_versions(w, hello)
         self.remote_joined = self.remote_joined or w.host_id != self.local_host
-        push.send_multipart(
-            [*proto.control(Kind.WELCOME, self.welcome, self.session), self.initializer]
-        )
-        log.info("%s joined (inbox %s)", w.describe(), body.get("inbox"))
+        push.send_multipart(self.welcome.encode(self.session))
+        log.info("%s joined (inbox %s)", w.describe(), hello.inbox)
 
-    def _refuse(self, body: dict[str, Any], reason: str) -> None:
+    def _refuse(self, inbox: str, who: str, reason: str) -> None:
         """Tell a worker that cannot work with us why, once, and forget it."""
-        log.error("refused worker %s pid %s: %s", body.get("host"), body.get("pid"), reason)
-        inbox = body.get("inbox")
-        if not isinstance(inbox, str):
-            return
+        log.error("refused worker %s: %s", who, reason)
         try:
             push = self.ctx.socket(zmq.PUSH)
         except zmq.ZMQError:
@@ -636,7 +624,7 @@ class Dispatcher(threading.Thread):
         self.security.client(push)
         try:
             push.connect(inbox)
-            push.send_multipart(proto.control(Kind.REFUSE, {"reason": reason}), zmq.NOBLOCK)
+            push.send_multipart(msg.Refuse(reason=reason).encode(), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         finally:
@@ -647,12 +635,13 @@ class Dispatcher(threading.Thread):
             log.warning("dropped a message of protocol version %d", e.version)
             return
         try:
-            body = proto.parse_control(frames)
+            inbox, who = msg.Hello.inbox_of(frames)
         except proto.ProtocolError as bad:
             log.warning("dropped a HELLO of protocol version %d: %s", e.version, bad)
             return
         self._refuse(
-            body,
+            inbox,
+            who,
             f"the worker speaks protocol version {e.version}, this executor "
             f"{PROTOCOL_VERSION}: install the same zmqexecutor version on both sides",
         )
@@ -660,7 +649,7 @@ class Dispatcher(threading.Thread):
     def _close(self) -> None:
         self._close_links()
         self.ends.stop_local()
-        detach = proto.control(Kind.DETACH, {}, self.session)
+        detach = msg.Detach().encode(self.session)
         for worker_id, link in self.links.items():
             w = self.core.workers.get(worker_id)
             with contextlib.suppress(zmq.ZMQError):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from ._defaults import MAX_SOCKETS
+from ._host_settings import HostSettings
 from ._net import bound_endpoint, concrete, guard_listener, parse_endpoint, route_to, set_heartbeats
 from ._scheduler import Settings
 from ._security import Security, check_exposure, resolve_token
@@ -164,20 +165,20 @@ class Endpoints:
         """The worker host of the local worker processes, run on a thread of this process."""
         if not where.local_workers:
             return None
-        return Supervisor(
+        host = HostSettings(
             processes=where.local_workers,
             sink=self._local_sink,
             local_dir=self.directory,
             respawn_init_failed=False,
-            sys_path=list(sys.path),
+            sys_path=tuple(sys.path),
             log_level=logging.getLevelName(logging.getLogger("zmqexecutor").getEffectiveLevel()),
             heartbeat_interval=settings.heartbeat_interval,
             heartbeat_timeout=settings.heartbeat_timeout,
             token=where.token,
-            context=self.context,
             in_executor=True,
             resources=where.resources,
         )
+        return Supervisor(host, context=self.context)
 
     def start_local(self) -> None:
         """Start the local worker host (before the dispatcher thread starts)."""

@@ -1,19 +1,20 @@
-"""The wire format: a fixed binary header, then kind-specific frames; every frame is built
-and parsed here, and nothing here does I/O.
+"""The wire format: a fixed binary header, then kind-specific frames. Headers, TASKS and
+RESULTS are built and parsed here, control messages' JSON bodies in ``_messages.py`` on top
+of this; nothing here does I/O.
 
 Every message is a list of frames whose first frame is the header::
 
     magic "ZMQX" | version u8 | kind u8 | flags u16 | session 8 bytes | count u32
 
 Control messages (HELLO, WELCOME, READY, BYE, DIED, ATTACH, OUTPUT, ...) are the header
-frame and one JSON frame: nothing in them is unpickled. The one exception is WELCOME's third
-frame, the pickled initializer, which comes from the executor a worker registered with (over
-an authenticated connection, like every task). TASKS and RESULTS are one frame of header,
-packed index and blob (the small pickles side by side; one frame, because every frame costs
-microseconds on the way), then one frame per out-of-band (pickle protocol 5) buffer, so
-large arrays travel without a copy. The index's size follows from the counts, and every
-length is checked against the frames before anything is sliced. A TASKS index starts with
-the id of the worker process it is for, a RESULTS index with the id of the one it is from.
+frame and one JSON frame (WELCOME has a third: the pickled initializer); their records, and
+which pickles travel where and why that is safe, are in ``_messages.py``. TASKS and RESULTS
+are one frame of header, packed index and blob (the small pickles side by side; one frame,
+because every frame costs microseconds on the way), then one frame per out-of-band (pickle
+protocol 5) buffer, so large arrays travel without a copy. The index's size follows from
+the counts, and every length is checked against the frames before anything is sliced. A
+TASKS index starts with the id of the worker process it is for, a RESULTS index with the id
+of the one it is from.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import cloudpickle
 import zmq
 
 from ._defaults import OUTPUT_MAX_LINE, PROTOCOL_VERSION
-from ._versions import BASE, check_package_names, clean_version
 
 _V = TypeVar("_V")
 
@@ -148,6 +148,7 @@ def parse_header(frame: bytes | memoryview) -> tuple[Kind, bytes, int]:
 
 
 def control(kind: Kind, body: dict[str, Any], session: bytes = NO_SESSION) -> list[bytes]:
+    """The frames of a control message with this JSON body (``_messages`` makes the bodies)."""
     return [header(kind, session), json.dumps(body, separators=(",", ":")).encode()]
 
 
@@ -159,7 +160,7 @@ def parse_control(frames: Sequence[Any], n_frames: int = 2) -> dict[str, Any]:
         raise ProtocolError(f"control message header of {len(frames[0])} bytes")
     try:
         body = json.loads(bytes(frames[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, too deep, too many digits
         raise ProtocolError(f"control message body is not JSON: {e}") from None
     if not isinstance(body, dict):
         raise ProtocolError("control message body is not an object")
@@ -179,46 +180,6 @@ class OutputChunk:
     pid: int
     stream: int  #: STDOUT or STDERR
     text: str
-
-
-def output(host: str, chunks: Sequence[tuple[int, int, bytes]], dropped: int) -> list[bytes]:
-    """Frames of one OUTPUT message (host -> executor).
-
-    Args:
-        host: the host's name, shown in front of every line.
-        chunks: (pid, stream, whole lines as bytes); decoded as UTF-8, errors replaced.
-        dropped: bytes of output dropped on the host since its last OUTPUT message.
-    """
-    body = {
-        "host": host,
-        "chunks": [[pid, stream, data.decode("utf-8", "replace")] for pid, stream, data in chunks],
-        "dropped": dropped,
-    }
-    return control(Kind.OUTPUT, body)
-
-
-def parse_output(frames: Sequence[Any]) -> tuple[str, list[OutputChunk], int]:
-    """Return (host, chunks, bytes dropped on the host) of an OUTPUT message, or raise
-    ProtocolError. A line longer than OUTPUT_MAX_LINE characters is cut."""
-    body = parse_control(frames)
-    host, raw, dropped = body.get("host"), body.get("chunks"), body.get("dropped", 0)
-    if not isinstance(host, str) or not isinstance(raw, list) or not isinstance(dropped, int):
-        raise ProtocolError("OUTPUT without host, chunks or dropped")
-    chunks = []
-    for chunk in raw:
-        if not (isinstance(chunk, list) and len(chunk) == 3):
-            raise ProtocolError("OUTPUT chunk is not [pid, stream, text]")
-        pid, stream, text = chunk
-        if not isinstance(pid, int) or stream not in (STDOUT, STDERR) or not isinstance(text, str):
-            raise ProtocolError("OUTPUT chunk with a bad pid, stream or text")
-        if not text:
-            continue
-        if not text.endswith("\n"):
-            text += "\n"
-        if len(text) > OUTPUT_MAX_LINE + 1:  # only then may one of its lines be too long
-            text = "".join(cut_line(line + "\n") for line in text[:-1].split("\n"))
-        chunks.append(OutputChunk(pid, stream, text))
-    return host[:255], chunks, max(0, dropped)
 
 
 def cut_line(line: str) -> str:
@@ -433,7 +394,7 @@ def learn_duration(durations: dict[bytes, float], digest: bytes, seconds: float)
         del durations[next(iter(durations))]
 
 
-# -- the version handshake (HELLO carries both; the executor refuses a mismatch) -------------
+# -- the versions a HELLO tells (``_messages.Hello``; the executor refuses a mismatch) --------
 
 
 def python_version() -> str:
@@ -443,20 +404,6 @@ def python_version() -> str:
 
 def cloudpickle_major() -> str:
     return str(cloudpickle.__version__).split(".")[0]
-
-
-def version_mismatch(hello: dict[str, Any]) -> str | None:
-    """Why a worker that said ``hello`` cannot run our pickles, naming both sides; or None."""
-    ours = {"python": python_version(), "cloudpickle": cloudpickle_major()}
-    for name, mine in ours.items():
-        theirs = hello.get(name)
-        if theirs != mine:
-            what = "Python" if name == "python" else "cloudpickle major version"
-            return (
-                f"the worker runs {what} {theirs}, this executor {mine}; pickled callables "
-                f"need the same {what} on both sides"
-            )
-    return None
 
 
 def python_full_version() -> str:
@@ -479,45 +426,3 @@ def host_versions() -> dict[str, str]:
         "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(),
     }
-
-
-def parse_host_versions(hello: dict[str, Any]) -> dict[str, str | None]:
-    """The base versions a HELLO tells (None for those it does not: an older worker)."""
-    versions = hello.get("versions")
-    if not isinstance(versions, dict):
-        versions = {}
-    return {name: clean_version(versions.get(name)) for name in BASE}
-
-
-# -- the package-version question (JSON both ways; answered between tasks) -------------------
-
-
-def ask_versions(session: bytes, request: int, packages: Sequence[str]) -> list[bytes]:
-    return control(Kind.ASK_VERSIONS, {"request": request, "packages": list(packages)}, session)
-
-
-def parse_ask_versions(frames: Sequence[Any]) -> tuple[int, tuple[str, ...]]:
-    """(request id, package names) of an ASK_VERSIONS, the names checked as at the call."""
-    body = parse_control(frames)
-    request, packages = body.get("request"), body.get("packages")
-    if not isinstance(request, int) or not isinstance(packages, list):
-        raise ProtocolError("ASK_VERSIONS without a request id or a list of packages")
-    try:
-        return request, check_package_names(packages)
-    except ValueError as e:
-        raise ProtocolError(f"ASK_VERSIONS with bad package names: {e}") from None
-
-
-def versions_reply(
-    session: bytes, worker_id: str, request: int, versions: dict[str, str]
-) -> list[bytes]:
-    body = {"id": worker_id, "request": request, "versions": versions}
-    return control(Kind.VERSIONS, body, session)
-
-
-def parse_versions_reply(body: dict[str, Any], asked: Sequence[str]) -> dict[str, str | None]:
-    """The versions a VERSIONS body names for the packages ``asked`` (and no others)."""
-    versions = body.get("versions")
-    if not isinstance(versions, dict):
-        raise ProtocolError("VERSIONS without versions")
-    return {name: clean_version(versions.get(name)) for name in asked}

@@ -85,15 +85,6 @@ class Settings:
     local_workers: int = 0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
-    def welcome(self) -> dict[str, Any]:
-        """What every worker process is told when it registers."""
-        return {
-            "max_tasks_per_child": self.max_tasks_per_child,
-            "task_timeout": self.task_timeout,
-            "heartbeat_interval": self.heartbeat_interval,
-            "max_message_size": self.max_message_size,
-        }
-
 
 @dataclass(slots=True)
 class WorkItem:

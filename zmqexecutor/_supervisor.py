@@ -37,10 +37,9 @@ from typing import Any
 
 import zmq
 
+from . import _messages as msg
 from . import _protocol as proto
 from ._defaults import (
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_HEARTBEAT_TIMEOUT,
     ENV_TOKEN,
     OUTPUT_FLUSH_INTERVAL,
     OUTPUT_SNDHWM,
@@ -49,10 +48,10 @@ from ._defaults import (
     TICK,
     WORKER_EXIT_TIMEOUT,
 )
+from ._host_settings import HostSettings
 from ._liveness import HostLiveness, SessionOver
 from ._net import (
     Endpoint,
-    PortRange,
     concrete,
     guard_listener,
     parse_endpoint,
@@ -97,78 +96,38 @@ class _Slot:
 
 
 class Supervisor:
-    """Keeps ``processes`` worker processes connected to an executor's sink.
+    """Keeps ``settings.processes`` worker processes connected to an executor's sink.
 
     Runs in the ``zmqexecutor-worker`` process (remote hosts) or in a thread of the executor
-    (local mode). With ``rendezvous`` it binds that endpoint and waits for an executor to
-    ATTACH (mode 3); otherwise it connects its worker processes to ``sink`` at once (mode 2).
+    (local mode, with the executor's ``context``). With ``rendezvous`` it binds that endpoint
+    and waits for an executor to ATTACH (mode 3); otherwise it connects its worker processes
+    to ``sink`` at once (mode 2).
     """
 
     def __init__(
-        self,
-        *,
-        processes: int,
-        sink: str | None = None,
-        rendezvous: str | None = None,
-        inbox_host: str | None = None,
-        inbox_ports: PortRange | None = None,
-        advertise: str | None = None,
-        advertise_ports: PortRange | None = None,
-        local_dir: str | None = None,
-        respawn_init_failed: bool = True,
-        sys_path: list[str] | None = None,
-        log_level: str | None = None,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-        token: str | None = None,
-        max_tasks_per_child: int | None = None,
-        once: bool = False,
-        idle_timeout: float | None = None,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        in_executor: bool = False,
-        resources: dict[str, float] | None = None,
-        echo_output: bool = True,
+        self, settings: HostSettings, *, context: zmq.Context[zmq.Socket[bytes]] | None = None
     ) -> None:
-        self.processes = processes
-        self.sink = sink
-        self.rendezvous = rendezvous
-        self.inbox_host = inbox_host
-        self.inbox_ports = inbox_ports
-        self.advertise = advertise
-        self.advertise_ports = advertise_ports
+        self.settings = settings
+        #: the executor's sink now (ATTACH and DETACH change it in mode 3)
+        self.sink = settings.sink
         #: when each inbox port was last given to a worker process (monotonic seconds)
         self._ports_handed_out: dict[int, float] = {}
-        self.local_dir = local_dir
-        self.respawn_init_failed = respawn_init_failed
-        self.sys_path = sys_path
-        self.log_level = log_level or logging.getLevelName(logging.getLogger().level)
-        self.slots = [_Slot() for _ in range(processes)]
+        self.slots = [_Slot() for _ in range(settings.processes)]
         self.stopping = False
         self._terminate_requested = False
         #: terminate_workers() / kill_workers(): the signal that ends the children now
         self._end_children: int | None = None
         self.host_id = uuid.uuid4().hex[:16]
-        self._token = token
-        self.security = Security(token)
+        self.security = Security(settings.token)
         self.refused = False
-        self.max_tasks_per_child = max_tasks_per_child
-        self.once = once
-        self.idle_timeout = idle_timeout
         self._last_served = time.monotonic()
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
         self._next_heartbeat = 0.0
-        self._liveness = HostLiveness(heartbeat_timeout, time.monotonic())
+        self._liveness = HostLiveness(settings.heartbeat_timeout, time.monotonic())
         self._monitor: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
         self._own_context = context is None
-        #: runs in the executor's own process (local mode): a freeze stops both alike, and
-        #: the executor does not count silence it did not listen to, so never renew
-        self._in_executor = in_executor
-        #: what this host declares (--resources); its worker processes tell the executor
-        self.resources = dict(resources or {})
         self.ctx = context or zmq.Context()
-        self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=local_dir)
+        self._status_dir = tempfile.mkdtemp(prefix="zmqexecutor-status-", dir=settings.local_dir)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._report: zmq.Socket[bytes] | None = None
@@ -181,10 +140,11 @@ class Supervisor:
         self._capture: OutputCapture | None = None
         self._output_sock: zmq.Socket[bytes] | None = None
         self._output_due = 0.0  #: when the next OUTPUT message may go
-        if not in_executor:
+        self._session = proto.NO_SESSION  #: the session our worker processes serve, for OUTPUT
+        if not settings.in_executor:
             self._terminal = (_dup_or_devnull(1), _dup_or_devnull(2))
             echo = None
-            if echo_output:
+            if settings.echo_output:
                 echo = Printer(echo_to(self._terminal), "zmqexecutor-echo")
                 echo.start()
             self._capture = OutputCapture(socket.gethostname(), time.monotonic(), echo)
@@ -220,15 +180,16 @@ class Supervisor:
         """Run until stopped and every worker process has exited."""
         poller = self._poller
         poller.register(self._wake_r, zmq.POLLIN)
-        if self.rendezvous is not None:
+        rendezvous = self.settings.rendezvous
+        if rendezvous is not None:
             if self._own_context:
                 self.security.start(self.ctx)
             self._rendezvous_sock = self.ctx.socket(zmq.PULL)
             self._rendezvous_sock.linger = 0
             self._rendezvous_sock.maxmsgsize = 64 * 1024  # only small control messages
-            guard_listener(self._rendezvous_sock, network=self.rendezvous.startswith("tcp:"))
+            guard_listener(self._rendezvous_sock, network=rendezvous.startswith("tcp:"))
             self.security.server(self._rendezvous_sock)
-            self._rendezvous_sock.bind(self.rendezvous)
+            self._rendezvous_sock.bind(rendezvous)
             poller.register(self._rendezvous_sock, zmq.POLLIN)
         if self.sink is not None:
             self._connect_report(self.sink)
@@ -295,7 +256,7 @@ class Supervisor:
         report = self.ctx.socket(zmq.PUSH)
         report.linger = 1000
         report.sndhwm = 100  # heartbeats for a missing executor must not pile up
-        set_heartbeats(report, self.heartbeat_interval, self.heartbeat_timeout)
+        set_heartbeats(report, self.settings.heartbeat_interval, self.settings.heartbeat_timeout)
         self.security.client(report)
         self._liveness.connection_dropped(time.monotonic())  # a previous one ends here
         self._monitor = report.get_monitor_socket(
@@ -355,27 +316,28 @@ class Supervisor:
             "the executor is gone; %d running task(s) abandoned",
             abandoned,
         )
-        if self.once:
+        self._session = proto.NO_SESSION  # output from now on is for whoever comes next
+        if self.settings.once:
             self._session_over()
-        if self.rendezvous is not None:
+        if self.settings.rendezvous is not None:
             self.sink = None  # mode 3: wait for the next ATTACH
             self._close_report()
 
     def _send_heartbeat(self) -> None:
         self._check_liveness()  # the host may have stood still since the loop's own check
-        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
         if self._report is None:
             return
-        body = {
-            "host_id": self.host_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "interval": self.heartbeat_interval,
-            "timeout": self.heartbeat_timeout,
-            "workers": [c.worker_id for c in self._children()],
-        }
+        beat = msg.Heartbeat(
+            host_id=self.host_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            interval=self.settings.heartbeat_interval,
+            timeout=self.settings.heartbeat_timeout,
+            workers=tuple(c.worker_id for c in self._children()),
+        )
         with contextlib.suppress(zmq.Again):  # nobody listens: nothing to tell
-            self._report.send_multipart(proto.control(Kind.HEARTBEAT, body), zmq.NOBLOCK)
+            self._report.send_multipart(beat.encode(), zmq.NOBLOCK)
             self._liveness.heartbeat_sent(time.monotonic())
 
     def _read_output(self, events: dict[Any, int]) -> None:
@@ -416,16 +378,15 @@ class Supervisor:
             sock.connect(self.sink)
             self._output_sock = sock
         try:
-            self._output_sock.send_multipart(
-                proto.output(self._capture.host, chunks, dropped), zmq.NOBLOCK
-            )
+            output = msg.Output.of(self._capture.host, chunks, dropped)
+            self._output_sock.send_multipart(output.encode(self._session), zmq.NOBLOCK)
         except zmq.Again:
             self._capture.dropped += dropped + sum(len(data) for _, _, data in chunks)
 
     def _check_liveness(self) -> None:
         """Start a new incarnation when the executor must have declared this host lost."""
         renew = self._liveness.tick(time.monotonic())
-        if renew is None or self.stopping or self._in_executor:
+        if renew is None or self.stopping or self.settings.in_executor:
             return
         # The executor forgot this host's worker processes and will never send them a task;
         # they would wait forever. Fresh ones under a new host id register as a new host.
@@ -461,11 +422,11 @@ class Supervisor:
         if now >= self._next_heartbeat:
             self._send_heartbeat()
         if (
-            self.idle_timeout is not None
+            self.settings.idle_timeout is not None
             and not self.stopping
-            and now - self._last_served > self.idle_timeout
+            and now - self._last_served > self.settings.idle_timeout
         ):
-            log.info("no executor for %gs; exiting (--idle-timeout)", self.idle_timeout)
+            log.info("no executor for %gs; exiting (--idle-timeout)", self.settings.idle_timeout)
             self.stop(terminate_children=True)
         for child in self._children():
             try:
@@ -473,7 +434,7 @@ class Supervisor:
             except OSError:
                 continue
             if status.session != proto.NO_SESSION:
-                self._last_served = now
+                self._last_served, self._session = now, status.session
             if status.running != child.running:
                 child.running, child.since = status.running, now
             elif (
@@ -493,25 +454,18 @@ class Supervisor:
 
     def _on_rendezvous(self, frames: list[bytes]) -> None:
         try:
-            kind, _, _ = proto.parse_header(frames[0])
-            body = proto.parse_control(frames) if kind is Kind.ATTACH else {}
+            kind, session, _ = proto.parse_header(frames[0])
+            sink = msg.Attach.decode(frames).sink if kind is Kind.ATTACH else ""
         except proto.ProtocolError as e:
-            log.warning("dropped a bad message on %s: %s", self.rendezvous, e)
+            log.warning("dropped a bad message on %s: %s", self.settings.rendezvous, e)
             return
-        if kind is Kind.ATTACH:
-            sink = str(body.get("sink", ""))
-            try:
-                parse_endpoint(sink)
-            except ValueError as e:
-                log.warning("ATTACH with a bad sink address: %s", e)
-                return
-            if sink != self.sink or self._report is None:
-                log.info("executor at %s attached", sink)
-                if self._children():
-                    log.warning("a new executor replaces the previous one; stopping its workers")
-                    self._signal_children(signal.SIGKILL)
-                self.sink = sink
-                self._connect_report(sink)
+        if kind is Kind.ATTACH and (sink != self.sink or self._report is None):
+            log.info("executor at %s attached", sink)
+            if self._children():
+                log.warning("a new executor replaces the previous one; stopping its workers")
+                self._signal_children(signal.SIGKILL)
+            self.sink, self._session = sink, session
+            self._connect_report(sink)
         elif kind is Kind.DETACH:
             log.info("executor at %s detached", self.sink)
             self.sink = None
@@ -542,19 +496,19 @@ class Supervisor:
         create(status_path, proto.NO_SESSION)
         ports: list[int] | None = None
         offset = 0
-        if self.local_dir is not None:
-            inbox = f"ipc://{self.local_dir}/w-{worker_id}"
+        if self.settings.local_dir is not None:
+            inbox = f"ipc://{self.settings.local_dir}/w-{worker_id}"
             advertise = None
         else:
             sink_host = parse_endpoint(sink).host
-            inbox = str(Endpoint("tcp", self.inbox_host or route_to(sink_host), "*"))
-            advertise = self.advertise or parse_endpoint(concrete(inbox, sink_host)).host
-            if self.inbox_ports is not None:
+            inbox = str(Endpoint("tcp", self.settings.inbox_host or route_to(sink_host), "*"))
+            advertise = self.settings.advertise or parse_endpoint(concrete(inbox, sink_host)).host
+            if self.settings.inbox_ports is not None:
                 live = {c.inbox_port for c in self._children() if c.inbox_port is not None}
-                ports = port_candidates(self.inbox_ports, live, self._ports_handed_out)
+                ports = port_candidates(self.settings.inbox_ports, live, self._ports_handed_out)
                 self._ports_handed_out[ports[0]] = time.monotonic()
-                if self.advertise_ports is not None:
-                    offset = self.advertise_ports.first - self.inbox_ports.first
+                if self.settings.advertise_ports is not None:
+                    offset = self.settings.advertise_ports.first - self.settings.inbox_ports.first
         config = {
             "worker_id": worker_id,
             "host_id": self.host_id,
@@ -565,16 +519,16 @@ class Supervisor:
             "advertise_offset": offset,
             "status": status_path,
             "parent_pid": os.getpid(),
-            "sys_path": self.sys_path,
-            "log_level": self.log_level,
-            "secure": self._token is not None,
-            "max_tasks": self.max_tasks_per_child,
-            "resources": self.resources,
+            "sys_path": self.settings.sys_path,
+            "log_level": self.settings.log_level,
+            "secure": self.settings.token is not None,
+            "max_tasks": self.settings.max_tasks_per_child,
+            "resources": self.settings.resources,
         }
         env = dict(os.environ)
         env.pop(ENV_TOKEN, None)
-        if self._token is not None:
-            env[ENV_TOKEN] = self._token  # never on argv: the environment is private
+        if self.settings.token is not None:
+            env[ENV_TOKEN] = self.settings.token  # never on argv: the environment is private
         captured = subprocess.PIPE if self._capture is not None else None
         if self._terminal is not None:
             config["terminal_fds"] = list(self._terminal)
@@ -614,7 +568,7 @@ class Supervisor:
             if status.state == State.CLEAN_EXIT or (self.stopping and code == -signal.SIGTERM):
                 slot.failures = 0
                 served = status.session != proto.NO_SESSION
-                if self.once and served and status.state == State.CLEAN_EXIT:
+                if self.settings.once and served and status.state == State.CLEAN_EXIT:
                     self._session_over()
                 continue
             if status.state == State.REFUSED:
@@ -622,7 +576,7 @@ class Supervisor:
                 self.stop(terminate_children=True)
                 continue
             if status.state == State.INIT_FAILED:
-                slot.retired = not self.respawn_init_failed
+                slot.retired = not self.settings.respawn_init_failed
             elif status.state == State.READY:
                 slot.failures = 0
             self._report_death(child, code, status)
@@ -643,17 +597,17 @@ class Supervisor:
         )
         if self._report is None:
             return
-        body = {
-            "id": child.worker_id,
-            "pid": child.proc.pid,
-            "host": socket.gethostname(),
-            "exit": how,
-            "running": status.running,
-            "last_started": status.started,
-            "timeout": child.timed_out,
-        }
+        died = msg.Died(
+            id=child.worker_id,
+            pid=child.proc.pid,
+            host=socket.gethostname(),
+            exit=how,
+            running=status.running,
+            last_started=status.started,
+            timeout=child.timed_out,
+        )
         with contextlib.suppress(zmq.Again):
-            self._report.send_multipart(proto.control(Kind.DIED, body, status.session), zmq.NOBLOCK)
+            self._report.send_multipart(died.encode(status.session), zmq.NOBLOCK)
 
     def _close(self) -> None:
         if self._capture is not None:

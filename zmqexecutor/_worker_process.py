@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from . import _messages as msg
 from . import _protocol as proto
 from ._defaults import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -198,7 +199,7 @@ class WorkerProcess:
         immediate=True makes a plain send block while the executor is not connected: one
         that shut down just after our WELCOME would hold us until SIGKILL. Stopped
         (SIGTERM) while the sink takes it, we still say READY: ``_loop`` then says BYE."""
-        ready = proto.control(Kind.READY, {"id": self.worker_id}, self.session)
+        ready = msg.Ready(id=self.worker_id).encode(self.session)
         while True:
             if self._wait(self._sink_poller, self.sink, 0.0 if self.draining else TICK):
                 with contextlib.suppress(zmq.Again):
@@ -229,23 +230,20 @@ class WorkerProcess:
             "the range (--listen tcp://HOST:FIRST-LAST or --inbox-ports FIRST-LAST)"
         )
 
-    def _register(self, inbox: str) -> list[Any] | None:
+    def _register(self, inbox: str) -> msg.Welcome | None:
         """Say HELLO until the executor WELCOMEs us; None if told to stop first."""
-        hello = proto.control(
-            Kind.HELLO,
-            {
-                "id": self.worker_id,
-                "host": socket.gethostname(),
-                "host_id": self.config["host_id"],
-                "pid": os.getpid(),
-                "inbox": inbox,
-                "slots": 1,
-                "resources": self.config.get("resources") or {},
-                "python": proto.python_version(),
-                "cloudpickle": proto.cloudpickle_major(),
-                "versions": proto.host_versions(),
-            },
-        )
+        hello = msg.Hello(
+            id=self.worker_id,
+            host=socket.gethostname(),
+            host_id=self.config["host_id"],
+            pid=os.getpid(),
+            inbox=inbox,
+            slots=1,
+            resources=self.config.get("resources") or {},
+            python=proto.python_version(),
+            cloudpickle=proto.cloudpickle_major(),
+            versions=proto.host_versions(),
+        ).encode()
         while not self.draining:
             # immediate=True: writable only once connected, so a HELLO is never queued stale
             if self._wait(self._sink_poller, self.sink, HELLO_INTERVAL):
@@ -259,21 +257,22 @@ class WorkerProcess:
                     continue
                 frames = recv_frames(self.inbox)
                 try:
-                    kind, session, _ = proto.parse_header(frames[0])
-                except proto.VersionMismatch as e:
-                    if e.kind == Kind.REFUSE:  # REFUSE is understood across versions
-                        raise _Refused(proto.parse_control(frames).get("reason", "")) from None
-                    log.warning("dropped a message while registering: %s", e)
-                    continue
+                    try:
+                        kind, session, _ = proto.parse_header(frames[0])
+                    except proto.VersionMismatch as e:
+                        if e.kind != Kind.REFUSE:  # REFUSE is understood across versions
+                            raise
+                        kind, session = Kind.REFUSE, proto.NO_SESSION
+                    if kind is Kind.REFUSE:
+                        raise _Refused(msg.Refuse.decode(frames).reason)
+                    if kind is Kind.WELCOME:
+                        welcome = msg.Welcome.decode(frames)
+                        self.session = session
+                        self.status.session(session)
+                        return welcome
                 except proto.ProtocolError as e:
                     log.warning("dropped a bad message while registering: %s", e)
                     continue
-                if kind is Kind.REFUSE:
-                    raise _Refused(str(proto.parse_control(frames).get("reason", "")))
-                if kind is Kind.WELCOME:
-                    self.session = session
-                    self.status.session(session)
-                    return frames
                 if kind is Kind.DETACH:
                     self.sink.linger = 0
                     return None
@@ -281,29 +280,25 @@ class WorkerProcess:
                 return None
         return None
 
-    def _initialize(self, welcome: list[Any]) -> bool:
-        body = proto.parse_control(welcome, n_frames=3)
-        limits = [n for n in (body.get("max_tasks_per_child"), self.config.get("max_tasks")) if n]
+    def _initialize(self, welcome: msg.Welcome) -> bool:
+        limits = [n for n in (welcome.max_tasks_per_child, self.config.get("max_tasks")) if n]
         self.max_tasks = min(limits) if limits else None
-        self.max_message_size = int(body.get("max_message_size") or DEFAULT_MAX_MESSAGE_SIZE)
-        self.status.task_timeout(float(body.get("task_timeout") or 0.0))
-        self._choose_output(bool(body.get("forward_output", True)))
-        if len(welcome) < 3 or len(welcome[2]) == 0:
+        self.max_message_size = welcome.max_message_size
+        self.status.task_timeout(welcome.task_timeout or 0.0)
+        self._choose_output(welcome.forward_output)
+        if not welcome.initializer:
             return True
         try:
-            initializer, initargs = loads(welcome[2])
+            initializer, initargs = loads(welcome.initializer)
             initializer(*initargs)
         except BaseException as e:
             tb = traceback.format_exc()
             log.error("initializer failed in %s: %r", self.origin, e)
             self.status.state(State.INIT_FAILED)
-            self.sink.send_multipart(
-                proto.control(
-                    Kind.INIT_FAILED,
-                    {"id": self.worker_id, "error": f"{type(e).__name__}: {e}", "traceback": tb},
-                    self.session,
-                )
+            failed = msg.InitFailed(
+                id=self.worker_id, error=f"{type(e).__name__}: {e}", traceback=tb
             )
+            self.sink.send_multipart(failed.encode(self.session))
             return False
         return True
 
@@ -366,10 +361,11 @@ class WorkerProcess:
     def _answer_versions(self, frames: list[Any]) -> None:
         """Name the installed versions of the packages asked about (between tasks: a busy
         process answers when its tasks are done, see ``ZmqExecutor.versions``)."""
-        request, names = proto.parse_ask_versions(frames)
-        reply = proto.versions_reply(self.session, self.worker_id, request, package_versions(names))
+        ask = msg.AskVersions.decode(frames)
+        versions = package_versions(ask.packages)
+        reply = msg.VersionsReply(id=self.worker_id, request=ask.request, versions=versions)
         with contextlib.suppress(zmq.Again):  # no executor to hear it: nobody waits for it
-            self.sink.send_multipart(reply, zmq.NOBLOCK)
+            self.sink.send_multipart(reply.encode(self.session), zmq.NOBLOCK)
 
     def _run_tasks(self, functions: dict[bytes, memoryview], tasks: list[proto.TaskRecord]) -> bool:
         """Run a batch; return True when this process must exit (task limit or SIGTERM)."""
@@ -416,7 +412,7 @@ class WorkerProcess:
 
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
-        bye = {"id": self.worker_id, "done": self.tasks_done}
+        bye = msg.Bye(id=self.worker_id, done=self.tasks_done).encode(self.session)
         # immediate=True: with the executor gone a plain send would block forever. An
         # executor that shuts down closes its sink as it stops us: that disconnect ends the
         # wait at once (a worker that had just registered held up shutdown() by 100 ms).
@@ -425,7 +421,7 @@ class WorkerProcess:
         poller.register(self._sink_events, zmq.POLLIN)
         if self.sink in dict(poller.poll(100)):
             with contextlib.suppress(zmq.Again):
-                self.sink.send_multipart(proto.control(Kind.BYE, bye, self.session), zmq.NOBLOCK)
+                self.sink.send_multipart(bye, zmq.NOBLOCK)
 
     def _replayed(self, task_id: int) -> bool:
         if task_id in self.seen:

@@ -14,6 +14,7 @@ from ._defaults import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
 )
+from ._host_settings import HostSettings
 from ._net import (
     check_port_plan,
     parse_advertise,
@@ -147,7 +148,7 @@ def run_worker(
         if isinstance(resources, str)
         else check_resources(resources or {}, "resources")
     )
-    supervisor = Supervisor(
+    settings = HostSettings(
         processes=processes,
         sink=executor,
         rendezvous=listen if executor is None else None,
@@ -164,6 +165,7 @@ def run_worker(
         resources=declared,
         echo_output=echo_output,
     )
+    supervisor = Supervisor(settings)
     interrupts = 0
 
     def on_signal(signum: int, frame: object) -> None:
