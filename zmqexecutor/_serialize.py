@@ -4,7 +4,6 @@ task's exception with its remote traceback."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -89,6 +88,8 @@ class FunctionCache:
     @staticmethod
     def pickle(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         """(digest, pickled callable); slow, so callers do it outside their lock."""
+        import hashlib  # here: worker processes never need it (OpenSSL's start-up, 3 ms)
+
         data: bytes = cloudpickle.dumps(fn, protocol=5)
         return hashlib.blake2b(data, digest_size=16).digest(), data
 

@@ -179,15 +179,34 @@ class WorkerProcess:
         self.sink.connect(self.config["sink"])
         welcome = self._register(inbox)
         if welcome is None:
+            self.sink.linger = 0  # only HELLOs can wait there: never hold up our exit for them
             self.status.state(State.CLEAN_EXIT)
             return 0
         if not self._initialize(welcome):
             return EXIT_INIT_FAILED
         self.status.state(State.READY)
-        self.sink.send_multipart(msg.Ready(id=self.worker_id).encode(self.session))
+        if not self._send_ready():
+            self.sink.linger = 0
+            self.status.state(State.CLEAN_EXIT)
+            return 0
         self._loop()
         self.status.state(State.CLEAN_EXIT)
         return 0
+
+    def _send_ready(self) -> bool:
+        """Say READY once the sink takes it; False when told to leave before it does.
+
+        immediate=True makes a plain send block while the executor is not connected: one
+        that shut down just after our WELCOME would hold us until SIGKILL. Stopped
+        (SIGTERM) while the sink takes it, we still say READY: ``_loop`` then says BYE."""
+        ready = msg.Ready(id=self.worker_id).encode(self.session)
+        while True:
+            if self._wait(self._sink_poller, self.sink, 0.0 if self.draining else TICK):
+                with contextlib.suppress(zmq.Again):
+                    self.sink.send_multipart(ready, zmq.NOBLOCK)
+                    return True
+            if self.draining or self._orphaned():
+                return False
 
     def _bind_inbox(self) -> None:
         """Bind the inbox: to ``inbox`` as given, or to the first free port of
@@ -228,7 +247,10 @@ class WorkerProcess:
         while not self.draining:
             # immediate=True: writable only once connected, so a HELLO is never queued stale
             if self._wait(self._sink_poller, self.sink, HELLO_INTERVAL):
-                self.sink.send_multipart(hello, zmq.NOBLOCK)
+                # the executor may close its end between the poll and the send (a shutdown
+                # while we start): the next round, or the SIGTERM that comes with it, decides
+                with contextlib.suppress(zmq.Again):
+                    self.sink.send_multipart(hello, zmq.NOBLOCK)
             deadline = time.monotonic() + HELLO_INTERVAL
             while not self.draining and (timeout := deadline - time.monotonic()) > 0:
                 if not self._wait(self._inbox_poller, self.inbox, timeout + 0.001):
@@ -396,8 +418,13 @@ class WorkerProcess:
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
         bye = msg.Bye(id=self.worker_id, done=self.tasks_done).encode(self.session)
-        # immediate=True: with the executor gone a plain send would block forever
-        if self.sink.poll(100, zmq.POLLOUT):
+        # immediate=True: with the executor gone a plain send would block forever. An
+        # executor that shuts down closes its sink as it stops us: that disconnect ends the
+        # wait at once (a worker that had just registered held up shutdown() by 100 ms).
+        poller = zmq.Poller()
+        poller.register(self.sink, zmq.POLLOUT)
+        poller.register(self._sink_events, zmq.POLLIN)
+        if self.sink in dict(poller.poll(100)):
             with contextlib.suppress(zmq.Again):
                 self.sink.send_multipart(bye, zmq.NOBLOCK)
 
