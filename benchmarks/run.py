@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """zmqexecutor vs ProcessPoolExecutor vs a hand-written pyzmq floor, side by side.
 
-    .venv/bin/python benchmarks/run.py                          # W1..W6, 3 systems, 3 repeats
+    .venv/bin/python benchmarks/run.py                          # W1..W6, all systems, 3 repeats
     .venv/bin/python benchmarks/run.py --scale 0.05 --repeat 1  # smoke run
     .venv/bin/python benchmarks/run.py --workloads W1,W3 --systems zmqexecutor,process
 
@@ -17,7 +17,11 @@ Systems (2 worker processes each):
 * ``process``: ``concurrent.futures.ProcessPoolExecutor(2)`` (platform start method);
 * ``raw_zmq``: the floor, not an executor: pyzmq PUSH -> 2 forked workers -> PULL sink on
   tcp://127.0.0.1, HWM 0, one ``cloudpickle.dumps((id, fn, args))`` per task, tight loops;
-  for W4 pickle-5 out-of-band buffers as separate frames with ``copy=False`` on both ends.
+  for W4 pickle-5 out-of-band buffers as separate frames with ``copy=False`` on both ends;
+* ``raw_zmq_curve``: ``raw_zmq`` over CurveZMQ (the driver's two sockets are CURVE servers,
+  each worker a CURVE client with its own ``zmq.curve_keypair()``): the floor for
+  ``zmqexecutor_curve``, which pays the same encryption of every byte in both directions
+  (not run for W5, which measures scheduling: ``SKIPPED``).
 
 Workloads (same sizes and task semantics as the shared harness ``execbench``):
 
@@ -70,8 +74,11 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 MIB = 1024 * 1024
-SYSTEMS = ("zmqexecutor", "zmqexecutor_curve", "process", "raw_zmq")
+SYSTEMS = ("zmqexecutor", "zmqexecutor_curve", "process", "raw_zmq", "raw_zmq_curve")
 ORDER = ("W1", "W2", "W3", "W4", "W5", "W6")
+#: (system, workload) pairs not run: W5 measures scheduling, which CURVE does not change
+#: (raw_zmq_curve's W5 is raw_zmq's, and would add 18 s to ``make bench``)
+SKIPPED = {("raw_zmq_curve", "W5")}
 
 # wid -> base parameters, the parameters --scale multiplies, shown metrics
 # (key, label, higher_is_better)
@@ -180,11 +187,13 @@ class ExecutorSystem:
         self.ex = None
 
     def prepare(self):
-        """Imports (not timed by W6)."""
+        """Imports (not timed by W6): the executor classes themselves, which both packages
+        import only when first used."""
         if self.name.startswith("zmqexecutor"):
-            import zmqexecutor  # noqa: F401
+            import zmqexecutor._security  # noqa: F401
+            from zmqexecutor import ZmqExecutor  # noqa: F401
         else:
-            import concurrent.futures  # noqa: F401
+            from concurrent.futures import ProcessPoolExecutor  # noqa: F401
 
     def start(self):
         if self.name == "zmqexecutor":
@@ -277,8 +286,8 @@ class CurveSystem(ExecutorSystem):
 
 
 def make_system(name, wid):
-    if name == "raw_zmq":
-        return RawZmq(oob=wid == "W4")
+    if name in ("raw_zmq", "raw_zmq_curve"):
+        return RawZmq(oob=wid == "W4", curve=name == "raw_zmq_curve")
     if name == "zmqexecutor_curve":
         return CurveSystem()
     return ExecutorSystem(name)
@@ -286,15 +295,21 @@ def make_system(name, wid):
 
 def _raw_worker_main(conn, oob):
     """A raw_zmq worker: PULL tasks, run them, PUSH results (forked by the driver)."""
-    ep_tasks, ep_sink = conn.recv()
+    ep_tasks, ep_sink, server_key = conn.recv()
     conn.close()
     import zmq
 
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    if server_key is not None:  # raw_zmq_curve: a CURVE client of the driver's sockets
+        public, secret = zmq.curve_keypair()
+        for sock in (pull, push):
+            sock.curve_serverkey = server_key
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
     pull.rcvhwm = 0
     pull.connect(ep_tasks)
-    push = ctx.socket(zmq.PUSH)
     push.sndhwm = 0
     push.connect(ep_sink)
     loads, dumps = pickle.loads, pickle.dumps
@@ -341,10 +356,10 @@ class RawZmq:
     PUSH would send everything to the first one (slow joiner).  W1..W5 are tight loops.
     """
 
-    name = "raw_zmq"
-
-    def __init__(self, oob=False):
+    def __init__(self, oob=False, curve=False):
+        self.name = "raw_zmq_curve" if curve else "raw_zmq"
         self.oob = oob  # pickle-5 out-of-band frames, copy=False (W4)
+        self.curve = curve  # both sockets CURVE servers, workers CURVE clients
         self.procs = []
 
     def wait_ready(self):
@@ -372,16 +387,22 @@ class RawZmq:
             self.procs.append(p)
         self.ctx = zmq.Context()
         self.push = self.ctx.socket(zmq.PUSH)
+        self.sink = self.ctx.socket(zmq.PULL)
+        server_public = None
+        if self.curve:
+            server_public, server_secret = zmq.curve_keypair()
+            for sock in (self.push, self.sink):
+                sock.curve_server = True
+                sock.curve_secretkey = server_secret
         self.push.sndhwm = 0
         self.push.linger = 0
         port_t = self.push.bind_to_random_port("tcp://127.0.0.1")
-        self.sink = self.ctx.socket(zmq.PULL)
         self.sink.rcvhwm = 0
         self.sink.linger = 0
         port_s = self.sink.bind_to_random_port("tcp://127.0.0.1")
         mon = self.push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         for c in conns:
-            c.send((f"tcp://127.0.0.1:{port_t}", f"tcp://127.0.0.1:{port_s}"))
+            c.send((f"tcp://127.0.0.1:{port_t}", f"tcp://127.0.0.1:{port_s}", server_public))
             c.close()
         connected = 0
         deadline = time.monotonic() + 30
@@ -942,6 +963,18 @@ def versions():
     }
 
 
+def compile_package():
+    """Write zmqexecutor's bytecode caches, as ``pip install`` does: with
+    ``PYTHONDONTWRITEBYTECODE`` set (or a source newer than its cache) every worker process
+    would compile the package again, and W6 would time the compiler (about 15 ms a worker)."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("zmqexecutor")
+    for d in spec.submodule_search_locations if spec is not None else ():
+        compileall.compile_dir(d, quiet=1)
+
+
 def source_digest():
     """Short hash of zmqexecutor's source files: a report is only meaningful if they did
     not change while the benchmark ran (children import the package afresh)."""
@@ -982,13 +1015,15 @@ def build_report(results, systems, wids, args, elapsed, ver):
         md.append(
             "| " + " | ".join([s] + [value(results, s, w, k)[1] for w, k, _, _ in cols]) + " |"
         )
-    # (system, baseline); the last row is issue 5's remote goal (CURVE vs local mode)
+    # (system, baseline); issue 5's remote goal (CURVE vs local mode), and issue 11's CURVE
+    # floor (zmqexecutor_curve vs the same encryption in a minimal pyzmq echo)
     pairs = [
         (a, b)
         for a, b in [
             ("zmqexecutor", "process"),
             ("zmqexecutor", "raw_zmq"),
             ("zmqexecutor_curve", "zmqexecutor"),
+            ("zmqexecutor_curve", "raw_zmq_curve"),
         ]
         if a in systems and b in systems
     ]
@@ -1075,35 +1110,36 @@ def main(argv=None):
     wids = [w for w in ORDER if w in wids]
 
     become_subreaper()
+    compile_package()
     ver = versions()
     ver["zmqexecutor_source"] = source_digest()
     root = tempfile.mkdtemp(prefix="zb")  # short: ipc:// paths must stay < 108 chars
-    results, idx, total = {}, 0, len(systems) * len(wids)
+    runs = [(w, s) for w in wids for s in systems if (s, w) not in SKIPPED]
+    results, idx, total = {}, 0, len(runs)
     t_all = time.monotonic()
     try:
-        for w in wids:
-            for s in systems:
-                parts = []
-                for r in [1] * args.repeat if w == "W6" else [args.repeat]:
-                    idx += 1
-                    parts.append(run_child(s, w, r, args, root, idx))
-                e = merge(parts)
-                e["median"] = median_runs(e["runs"]) if e["status"] == "ok" else {}
-                results[(s, w)] = e
-                shown = (
-                    ", ".join(f"{k}={value(results, s, w, k)[1]}" for k, _, _ in WORKLOADS[w][2])
-                    if e["status"] == "ok"
-                    else e.get("error", "")
-                )
-                print(
-                    f"[{len(results)}/{total}] {s:17s} {w} {e['status']:7s} "
-                    f"{e['wall_s']:6.1f}s  {shown}"
-                    + (f"  leftovers={e['leftover_processes']}" if e["leftover_processes"] else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if e["status"] != "ok" and e.get("log_tail"):
-                    print(e["log_tail"], file=sys.stderr, flush=True)
+        for w, s in runs:
+            parts = []
+            for r in [1] * args.repeat if w == "W6" else [args.repeat]:
+                idx += 1
+                parts.append(run_child(s, w, r, args, root, idx))
+            e = merge(parts)
+            e["median"] = median_runs(e["runs"]) if e["status"] == "ok" else {}
+            results[(s, w)] = e
+            shown = (
+                ", ".join(f"{k}={value(results, s, w, k)[1]}" for k, _, _ in WORKLOADS[w][2])
+                if e["status"] == "ok"
+                else e.get("error", "")
+            )
+            print(
+                f"[{len(results)}/{total}] {s:17s} {w} {e['status']:7s} "
+                f"{e['wall_s']:6.1f}s  {shown}"
+                + (f"  leftovers={e['leftover_processes']}" if e["leftover_processes"] else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            if e["status"] != "ok" and e.get("log_tail"):
+                print(e["log_tail"], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     elapsed = time.monotonic() - t_all

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -44,6 +44,7 @@ LEAK_DEADLINE = 5.0
 RESULT_TIMEOUT = 30.0
 SHUTDOWN_DEADLINE = 30.0
 MARK_ENV = "ZMQEXECUTOR_TEST_MARK"
+TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
 
 if TYPE_CHECKING:
     from zmqexecutor import ZmqExecutor
@@ -70,11 +71,23 @@ def wait_until(
         time.sleep(0.005)
 
 
+def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """True if ``condition()`` stays true for ``seconds``: for "this must not happen" checks."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        time.sleep(0.01)
+    return condition()
+
+
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment with the tests directory on PYTHONPATH and unbuffered output: a worker
     host or an executor script imports the tasks' modules (crash_cases) as a real remote host
-    would, and its log reaches its file at once."""
-    env = dict(os.environ)
+    would, and its log reaches its file at once. No token variable is inherited: a token
+    reaches a subprocess only if ``extra`` passes one (a developer's own cannot change an
+    outcome)."""
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -221,26 +234,35 @@ def descendants(root: int, table: dict[int, tuple[int, str]] | None = None) -> s
 
 
 class WorkerHost:
-    """A ``python -m zmqexecutor worker ARGS`` subprocess leading its own process group."""
+    """A ``python -m zmqexecutor worker ARGS`` subprocess leading its own process group.
+
+    Its output goes to ``log_path``; the file is closed in this process at once (the child keeps
+    its copy), so hosts can come and go without changing the test process's fd count.
+    """
 
     COMMAND = [sys.executable, "-m", "zmqexecutor", "worker"]
     STOP_TIMEOUT = 15.0
 
     def __init__(
-        self, args: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """Start the host. ``env`` defaults to :func:`worker_env`."""
         self.args = list(args)
         self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
-        self.proc = subprocess.Popen(
-            [*self.COMMAND, *self.args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*self.COMMAND, *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=worker_env() if env is None else env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         self.pid = self.proc.pid  # also the process group id of the host's processes
 
     def __repr__(self) -> str:
@@ -274,17 +296,62 @@ class WorkerHost:
         """The host vanishes: SIGKILL to the supervisor and its worker processes at once."""
         self._killpg()
         self.proc.wait(self.STOP_TIMEOUT)
-        self._log.close()
 
-    def stop(self) -> None:
-        """SIGTERM (running tasks finish), then SIGKILL to the whole group if needed."""
-        if self.proc.poll() is None:
+    def stop(self) -> int | None:
+        """SIGTERM (running tasks finish), then SIGKILL to the whole group if needed.
+
+        Returns the host's exit code if it exited by itself or on SIGTERM within
+        ``STOP_TIMEOUT``, None if it had to be killed. Stopping a stopped host is harmless.
+        """
+        code: int | None = self.proc.poll()
+        if code is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGCONT)  # a test may have left it frozen (SIGSTOP)
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(self.STOP_TIMEOUT)
+                code = self.proc.wait(self.STOP_TIMEOUT)
         self._killpg()  # also any worker process that outlived its supervisor
         self.proc.wait(self.STOP_TIMEOUT)
-        self._log.close()
+        return code
+
+
+@pytest.fixture
+def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
+    """Factory of CLI worker hosts, all stopped at teardown (after every gate is opened).
+
+    ``worker_hosts(*args, name="host", processes=1, token=None, env=None, cwd=None)`` runs
+    ``python -m zmqexecutor worker ARGS --processes N`` (``processes=None``: no flag, the CLI's
+    default) with :func:`worker_env` updated by ``env``. ``token`` goes in the host's
+    environment (ZMQEXECUTOR_TOKEN), never on its command line. Its log is
+    ``tmp_path/worker-NAME-I.log``.
+    """
+    started: list[WorkerHost] = []
+
+    def start(
+        *args: str,
+        name: str = "host",
+        processes: int | None = 1,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> WorkerHost:
+        extra = dict(env or {})
+        if token is not None:
+            extra["ZMQEXECUTOR_TOKEN"] = token
+        count = [] if processes is None else ["--processes", str(processes)]
+        host = WorkerHost(
+            [*args, *count],
+            tmp_path / f"worker-{name}-{len(started)}.log",
+            worker_env(extra),
+            cwd=cwd,
+        )
+        started.append(host)
+        return host
+
+    yield start
+    gates.open_all()
+    for host in started:
+        host.stop()
 
 
 def host_logs(*hosts: WorkerHost) -> str:

@@ -7,7 +7,7 @@ a monitor, ``Peers`` owns their ZeroMQ context (no ZAP handler of ours guards it
 ``bait`` pickles create a canary directory when loaded: code execution made visible.
 
 Test modules register the fixtures defined here by importing them (``no_ambient_token``,
-``peers_fixture``, ``worker_hosts_fixture``).
+``peers_fixture``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,8 +30,7 @@ import pytest
 import zmq
 from conftest import (
     RESULT_TIMEOUT,
-    TESTS_DIR,
-    Gates,
+    TOKEN_VARS,
     WorkerHost,
     wait_until,
 )
@@ -43,7 +42,6 @@ from zmqexecutor import _protocol as proto
 
 M = TypeVar("M", bound=msg.Message)
 LOOPBACK = "tcp://127.0.0.1:*"
-TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
 HANDSHAKE_TIMEOUT = 15.0
 
 _HANDSHAKE_EVENTS = {
@@ -96,25 +94,6 @@ def secret_forms(token: str) -> list[str]:
     return forms
 
 
-def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if ``condition()`` stays true for ``seconds``: for "this must not happen" checks."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.01)
-    return condition()
-
-
-def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Our environment (no token variables) with the tests directory on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -123,40 +102,7 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-# ---------------------------------------------------------------------------- worker hosts
-
-
-@pytest.fixture(name="worker_hosts")
-def worker_hosts_fixture(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
-    """Factory of worker hosts: ``worker_hosts(*cli_args, name=, token=, processes=, env=)``.
-
-    ``token`` goes in the host's environment (ZMQEXECUTOR_TOKEN), never on its command line.
-    Every gate is opened and every host stopped at teardown.
-    """
-    started: list[WorkerHost] = []
-
-    def start(
-        *args: str,
-        name: str = "host",
-        token: str | None = None,
-        processes: int = 1,
-        env: dict[str, str] | None = None,
-    ) -> WorkerHost:
-        extra = dict(env or {})
-        if token is not None:
-            extra["ZMQEXECUTOR_TOKEN"] = token
-        host = WorkerHost(
-            [*args, "--processes", str(processes)],
-            tmp_path / f"worker-{name}-{len(started)}.log",
-            subprocess_env(extra),
-        )
-        started.append(host)
-        return host
-
-    yield start
-    gates.open_all()
-    for host in started:
-        host.stop()
+# ---------------------------------------------------------------------------- what the executor saw
 
 
 def pgids(ex: Any, n: int) -> list[int]:
@@ -183,6 +129,18 @@ def dropped(ex: Any) -> int:
     """Messages the executor dropped: bad ones and results it did not expect."""
     stats = ex.stats()
     return int(stats.protocol_errors + stats.discarded_results)
+
+
+def session_of(ex: Any) -> bytes:
+    """The executor's session id: a forged message of this very session needs it. No public
+    API tells it (it is no statistic), so this is the one place the tests read it."""
+    return bytes(ex._dispatcher.session)
+
+
+def dispatcher_alive(ex: Any) -> bool:
+    """The executor's dispatcher thread is still running. ``stats()`` cannot say so (a dead
+    dispatcher still answers with its last state), so this reads the thread itself."""
+    return bool(ex._dispatcher.is_alive())
 
 
 def joined_pids(caplog: pytest.LogCaptureFixture) -> set[int]:
@@ -541,7 +499,7 @@ def assert_shuts_down(ex: Any, timeout: float = 15.0) -> None:
     """The executor still shuts down promptly (a socket left open blocks context.term())."""
     ex.shutdown(wait=False)
     wait_until(
-        lambda: not ex._dispatcher.is_alive(),
+        lambda: not dispatcher_alive(ex),
         timeout,
         "the executor to shut down: did the bad message leave a socket open?",
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import crash_cases as cc
 import pytest
-from conftest import RESULT_TIMEOUT, Gates, free_tcp_port, wait_until
+from conftest import RESULT_TIMEOUT, Gates, free_tcp_port, wait_until, worker_env
 
 from zmqexecutor import ConfigurationError, ZmqExecutor
 from zmqexecutor._security import new_token
@@ -88,11 +88,7 @@ def test_sigterm_lets_the_running_task_finish(gates: Gates) -> None:
     """SIGTERM to a worker host: its running task completes and reports, then exit 0."""
     token = new_token()
     with ZmqExecutor(listen="tcp://127.0.0.1:*", token=token) as ex:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(cc.__file__).parent),
-            "ZMQEXECUTOR_TOKEN": token,
-        }
+        env = worker_env({"ZMQEXECUTOR_TOKEN": token})
         worker = subprocess.Popen([*WORKER, ex.address, "--processes", "1"], env=env)
         try:
             gate = gates("drain")
@@ -117,7 +113,7 @@ def test_version_flag() -> None:
 
 
 def start_worker_host(address: str, *args: str, token: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(Path(cc.__file__).parent), "ZMQEXECUTOR_TOKEN": token}
+    env = worker_env({"ZMQEXECUTOR_TOKEN": token})
     return subprocess.Popen([*WORKER, address, "-n", "1", "--log-level", "WARNING", *args], env=env)
 
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from conftest import (
     Gates,
     WorkerHost,
     free_tcp_port,
+    holds_for,
     host_logs,
     rendezvous_pids,
     wait_until,
@@ -54,7 +55,6 @@ from netns import (
     PROJECT_ROOT,
     NetnsLab,
     netns_lab_fixture,  # noqa: F401  (registers the `netns_lab` fixture)
-    subprocess_env,
 )
 from netns import wait_until as wait_or_raise
 
@@ -64,6 +64,8 @@ HB_INTERVAL = 0.2
 HB_TIMEOUT = 3.0
 HB: dict[str, float] = {"heartbeat_interval": HB_INTERVAL, "heartbeat_timeout": HB_TIMEOUT}
 HB_ARGS = ["--heartbeat-interval", str(HB_INTERVAL), "--heartbeat-timeout", str(HB_TIMEOUT)]
+#: what every worker host here runs with (its address first)
+HOST_ARGS = ["--insecure", *HB_ARGS]
 #: how late a loaded machine may make a timer-driven event (a loss, a timeout) in these tests
 LOAD_SLACK = 5.0
 #: a lost host's running task must fail within heartbeat_timeout plus this
@@ -94,16 +96,6 @@ def is_dead(pid: int) -> bool:
     return data[data.rfind(")") + 2 :].split()[0] in ("Z", "X")
 
 
-def holds_for(condition: Callable[[], bool], seconds: float) -> bool:
-    """True if ``condition()`` stays true for ``seconds``: for "this must not happen" checks."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not condition():
-            return False
-        time.sleep(0.01)
-    return condition()
-
-
 def labels(marker: Path | str) -> collections.Counter[str]:
     """How many times each label's task body ran (exec count per label)."""
     return collections.Counter(label for *_, label in cc.read_marker(marker))
@@ -131,25 +123,6 @@ class ResolveCounter:
         assert all(c == 1 for c in counts), f"resolutions per future: {counts}"
 
 
-@pytest.fixture
-def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
-    """Factory of worker hosts; at teardown every gate is opened and every host stopped."""
-    started: list[WorkerHost] = []
-
-    def start(
-        address: str, name: str, processes: int = 1, env: dict[str, str] | None = None
-    ) -> WorkerHost:
-        args = [address, "--processes", str(processes), "--insecure", *HB_ARGS]
-        host = WorkerHost(args, tmp_path / f"worker-{name}.log", worker_env(env))
-        started.append(host)
-        return host
-
-    yield start
-    gates.open_all()
-    for host in started:
-        host.stop()
-
-
 def two_hosts(
     make_executor: Callable[..., Any],
     worker_hosts: Callable[..., WorkerHost],
@@ -158,7 +131,10 @@ def two_hosts(
 ) -> tuple[Any, list[WorkerHost]]:
     """A listening executor with two registered single-process worker hosts."""
     ex = make_executor(listen=LOOPBACK, **INSECURE, **HB, **kwargs)
-    hosts = [worker_hosts(ex.address, "h1"), worker_hosts(ex.address, "h2")]
+    hosts = [
+        worker_hosts(ex.address, *HOST_ARGS, name="h1"),
+        worker_hosts(ex.address, *HOST_ARGS, name="h2"),
+    ]
     pids = rendezvous_pids(ex, 2, tmp_path)
     assert {pgid_of(p) for p in pids} == {h.pid for h in hosts}, host_logs(*hosts)
     return ex, hosts
@@ -390,7 +366,7 @@ def test_initializer_fails_on_one_host(
     ex = make_executor(
         listen=LOOPBACK, **INSECURE, initializer=cc.fail_init_if_env, initargs=(BAD_INIT_ENV,), **HB
     )
-    bad = worker_hosts(ex.address, "bad", env={BAD_INIT_ENV: "1"})
+    bad = worker_hosts(ex.address, *HOST_ARGS, name="bad", env={BAD_INIT_ENV: "1"})
     futures = [ex.submit(cc.where, i) for i in range(20)]
     wait_until(
         lambda: "bad init" in bad.log() or "bad init" in caplog.text,
@@ -400,7 +376,7 @@ def test_initializer_fails_on_one_host(
         f"futures resolved with only the refused host connected: {futures[:3]}" + host_logs(bad)
     )
 
-    good = worker_hosts(ex.address, "good")
+    good = worker_hosts(ex.address, *HOST_ARGS, name="good")
     results = [f.result(timeout=RESULT_TIMEOUT) for f in futures]
     assert [r[0] for r in results] == list(range(20))
     assert {r[3] for r in results} == {good.pid}, "a task ran on the refused host"
@@ -433,7 +409,7 @@ def test_initializer_fails_on_only_host_no_worker_timeout(
     ex = make_executor(
         listen=LOOPBACK, **INSECURE, initializer=cc.fail_init, no_worker_timeout=2, **HB
     )
-    bad = worker_hosts(ex.address, "bad")
+    bad = worker_hosts(ex.address, *HOST_ARGS, name="bad")
     t0 = time.monotonic()
     futures = [ex.submit(abs, -i) for i in range(3)]
     for f in futures:
@@ -530,9 +506,8 @@ def test_executor_restart(
             env=worker_env(),
             start_new_session=True,
         )
-    frozen: WorkerHost | None = None
     try:
-        host = worker_hosts(address, "h", processes=2)
+        host = worker_hosts(address, *HOST_ARGS, name="h", processes=2)
 
         def old_ready() -> bool:
             if old.poll() is not None:
@@ -547,12 +522,11 @@ def test_executor_restart(
         old_pids = [pid for pid, *_ in cc.read_marker(old_marker)]
         assert all(host.owns(p) for p in old_pids)
         os.kill(host.pid, signal.SIGSTOP)  # its supervisor only: the old tasks run on
-        frozen = host
         old.kill()
         old.wait(RESULT_TIMEOUT)
 
         ex = make_executor(listen=address, **INSECURE, **HB)
-        other = worker_hosts(address, "other", processes=2)
+        other = worker_hosts(address, *HOST_ARGS, name="other", processes=2)
         track = ResolveCounter()
         new_gate = gates("new")
         new_marker = tmp_path / "new.marker"
@@ -589,7 +563,6 @@ def test_executor_restart(
         assert not canary.exists(), "the new executor unpickled a result of the old session"
 
         os.kill(host.pid, signal.SIGCONT)
-        frozen = None
         # The thawed host notices its executor is gone, replaces its worker processes and
         # registers them with the new executor.
         wait_until(
@@ -609,9 +582,7 @@ def test_executor_restart(
         assert not canary.exists(), "the new executor unpickled a result of the old session"
         assert "InvalidStateError" not in caplog.text
         assert host.proc.poll() is None, "the worker host should outlive its executor"
-    finally:
-        if frozen is not None:
-            os.kill(frozen.pid, signal.SIGCONT)
+    finally:  # a host left frozen is thawed when the worker_hosts fixture stops it
         if old.poll() is None:
             old.kill()
             old.wait()
@@ -654,7 +625,7 @@ def test_all_workers_gone_then_a_new_one(
     )
     assert cc.read_marker(queued_marker) == []
 
-    newcomer = worker_hosts(ex.address, "new")
+    newcomer = worker_hosts(ex.address, *HOST_ARGS, name="new")
     results = [f.result(timeout=RESULT_TIMEOUT) for f in queued]
     assert [r[0] for r in results] == list(range(8))
     assert {r[3] for r in results} == {newcomer.pid}
@@ -900,7 +871,7 @@ def test_network_partition_then_heal(netns_lab: NetnsLab, tmp_path: Path) -> Non
         "report_mark": REPORT_MARK,
     }
     # Not loopback: the executor and the workers authenticate with a shared token.
-    env = subprocess_env(
+    env = worker_env(
         {
             "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(PROJECT_ROOT)]),
             "ZMQEXECUTOR_TOKEN": secrets.token_urlsafe(32),

@@ -37,6 +37,20 @@ def test_smaller_than_a_stdlib_future_while_queued() -> None:
     assert lazy * 4 < stdlib, (lazy, stdlib)  # measured: about 104 vs 1,600 bytes
 
 
+def test_reading_a_finished_future_makes_no_lock() -> None:
+    """W1 and map() read thousands of results that are already there: no Condition each."""
+    f: LazyFuture[int] = LazyFuture()
+    assert f.set_running_or_notify_cancel()
+    f.set_result(7)
+    assert f.result() == 7 and f.result(timeout=0) == 7 and f.exception() is None
+    g: LazyFuture[int] = LazyFuture()
+    g.set_exception(KeyError("k"))
+    assert isinstance(g.exception(), KeyError)
+    assert "_condition" not in vars(f) and "_condition" not in vars(g)
+    with pytest.raises(KeyError):  # a failed one raises as the stdlib's does
+        g.result()
+
+
 def test_callbacks_cancel_exception_and_missing_attributes() -> None:
     seen: list[cf.Future[int]] = []
     f: LazyFuture[int] = LazyFuture()

@@ -40,13 +40,14 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     Peers,
     assert_shuts_down,
     bait,
+    dispatcher_alive,
     forged_hello,
     inboxes_of,
     new_token,
     no_ambient_token,
     peers_fixture,
     pgids,
-    worker_hosts_fixture,
+    session_of,
 )
 
 from zmqexecutor import _messages as msg
@@ -197,8 +198,7 @@ def test_fuzz_executor_sink(
     canary = tmp_path / "canary"
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
     assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
-    d = ex._dispatcher
-    session = d.session  # the fuzzer forges messages of this session
+    session = session_of(ex)  # the fuzzer forges messages of this session
     fuzzer = peers.authenticated(ex.address, token)
 
     def forbidden(kind: int, sess: bytes) -> bool:
@@ -210,7 +210,7 @@ def test_fuzz_executor_sink(
         host_id = uuid.uuid4().hex
         fuzzer.send(msg.Heartbeat(host_id=host_id, host="fuzz", pid=1, interval=1.0).encode())
         wait_until(
-            lambda: not d.is_alive() or host_id in ex.stats().host_ids,
+            lambda: not dispatcher_alive(ex) or host_id in {h.host_id for h in ex.stats().hosts},
             BARRIER_TIMEOUT,
             "the barrier HEARTBEAT to be processed",
         )
@@ -225,7 +225,7 @@ def test_fuzz_executor_sink(
         if frames:
             fuzzer.send(frames)
         barrier()
-        if not d.is_alive() or ex._broken is not None:
+        if not dispatcher_alive(ex) or ex._broken is not None:
             culprit.append(frames)
             pytest.fail(f"the dispatcher thread died after this message: {frames!r}")
 
@@ -258,7 +258,7 @@ def test_fuzz_worker_inbox(
     host = worker_hosts(ex.address, name="fuzzed", token=token)
     assert pgids(ex, 2) == [host.pid] * 2
     ((worker_pid, inbox),) = inboxes_of(caplog, host, 1).items()
-    session = ex._dispatcher.session  # the fuzzer forges tasks of this session
+    session = session_of(ex)  # the fuzzer forges tasks of this session
     (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
     fuzzer = peers.authenticated(inbox, token)
     marker = tmp_path / "barrier.marker"

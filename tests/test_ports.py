@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from conftest import (
     host_logs,
     rendezvous_pids,
     wait_until,
-    worker_env,
 )
 
 from zmqexecutor import _messages as msg
@@ -45,6 +44,8 @@ from zmqexecutor._security import new_token
 
 WORKER = [sys.executable, "-m", "zmqexecutor", "worker"]
 HB_ARGS = ["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"]
+#: what every worker host here runs with, after its own arguments
+HOST_ARGS = ["--insecure", *HB_ARGS]
 HB: dict[str, Any] = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5}
 #: below Linux's ephemeral range (32768-60999), so no outgoing connection takes them meanwhile
 RANGE_LOW, RANGE_HIGH = 20000, 32000
@@ -112,25 +113,6 @@ def inbox_port(pid: int) -> int:
     ports = listening_ports(pid)
     assert len(ports) == 1, f"worker process {pid} listens on {ports}, expected its inbox only"
     return ports.pop()
-
-
-@pytest.fixture
-def worker_hosts(tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
-    """Factory of ``zmqexecutor-worker ARGS --insecure`` hosts, all stopped at teardown."""
-    started: list[WorkerHost] = []
-
-    def start(*args: str) -> WorkerHost:
-        host = WorkerHost(
-            [*args, "--insecure", *HB_ARGS],
-            tmp_path / f"worker-{len(started)}.log",
-            worker_env(),
-        )
-        started.append(host)
-        return host
-
-    yield start
-    for host in started:
-        host.stop()
 
 
 def worker_pids(ex: Any) -> set[int]:
@@ -275,7 +257,7 @@ def test_cli_host_binds_inboxes_in_the_range(
 ) -> None:
     ports = free_port_range(2)
     ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
-    host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{ports}", "-n", "2")
+    host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{ports}", *HOST_ARGS, processes=2)
     pids = rendezvous_pids(ex, 2, tmp_path)  # both worker processes run tasks
     assert {inbox_port(pid) for pid in pids} == set(ports), host_logs(host)
     assert pids == worker_pids(ex)
@@ -288,7 +270,7 @@ def test_single_port_with_one_process(
 ) -> None:
     port = free_port_range(1).first
     ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
-    host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{port}", "-n", "1")
+    host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{port}", *HOST_ARGS)
     pid = ex.submit(os.getpid).result(timeout=RESULT_TIMEOUT)
     assert inbox_port(pid) == port, host_logs(host)
 
@@ -303,7 +285,7 @@ def test_killed_worker_comes_back_on_a_port_in_the_range(
     which still has the executor's connection to it in TIME_WAIT or reconnecting."""
     ports = free_port_range(2)
     ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
-    host = worker_hosts(ex.address, "--inbox-ports", str(ports), "-n", "2")
+    host = worker_hosts(ex.address, "--inbox-ports", str(ports), *HOST_ARGS, processes=2)
     pids = rendezvous_pids(ex, 2, tmp_path)
     victim = min(pids)
     victim_port = inbox_port(victim)
@@ -334,7 +316,7 @@ def test_replaced_process_rebinds_the_single_port(
     port = free_port_range(1).first
     ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
     host = worker_hosts(
-        ex.address, "--listen", f"tcp://127.0.0.1:{port}", "-n", "1", "--max-tasks-per-child", "1"
+        ex.address, "--listen", f"tcp://127.0.0.1:{port}", "--max-tasks-per-child", "1", *HOST_ARGS
     )
     seen = [ex.submit(own_inbox_port).result(timeout=RESULT_TIMEOUT) for _ in range(5)]
     assert len({pid for pid, _ in seen}) == 5, host_logs(host)
@@ -352,7 +334,9 @@ def test_a_port_taken_by_another_program_is_skipped(
         squatter.bind(("127.0.0.1", ports.first))  # the port every first choice starts with
         squatter.listen()
         ex = make_executor(listen="tcp://127.0.0.1:*", insecure=True, **HB)
-        host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{ports}", "-n", "2")
+        host = worker_hosts(
+            ex.address, "--listen", f"tcp://127.0.0.1:{ports}", *HOST_ARGS, processes=2
+        )
         pids = rendezvous_pids(ex, 2, tmp_path)
         assert {inbox_port(pid) for pid in pids} == set(ports) - {ports.first}, host_logs(host)
     # the process tried the next port itself: no worker process died and was respawned
@@ -369,7 +353,7 @@ def test_every_port_taken_is_reported_and_retried_until_one_is_free(
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{port}", "-n", "1")
+        host = worker_hosts(ex.address, "--listen", f"tcp://127.0.0.1:{port}", *HOST_ARGS)
         wait_until(
             lambda: f"every port of the inbox range {port}-{port}" in host.log(),
             what=lambda: f"the host to report the taken port\n{host_logs(host)}",
@@ -397,8 +381,8 @@ def test_advertised_port_range_maps_each_bound_port(
         sink.bind("tcp://127.0.0.1:*")
         address = sink.getsockopt(zmq.LAST_ENDPOINT).decode()
         host = worker_hosts(
-            address, "--inbox-ports", str(ports), "-n", "2",
-            "--advertise", f"127.0.0.1:{advertised}",
+            address, "--inbox-ports", str(ports),
+            "--advertise", f"127.0.0.1:{advertised}", *HOST_ARGS, processes=2,
         )  # fmt: skip
         hellos: dict[int, str] = {}
         while len(hellos) < 2:
@@ -430,7 +414,9 @@ def test_attached_host_inbox_ports_and_fixed_sink_port(
     ports = free_port_range(2)
     rendezvous = f"tcp://127.0.0.1:{free_tcp_port()}"
     sink_port = free_port_range(1).first
-    host = worker_hosts("--listen", rendezvous, "--inbox-ports", str(ports), "-n", "2")
+    host = worker_hosts(
+        "--listen", rendezvous, "--inbox-ports", str(ports), *HOST_ARGS, processes=2
+    )
     ex = make_executor(
         workers=[rendezvous], listen=f"tcp://127.0.0.1:{sink_port}", insecure=True, **HB
     )

@@ -47,9 +47,11 @@ from conftest import (
     WorkerHost,
     descendants,
     free_tcp_port,
+    holds_for,
     host_logs,
     rendezvous_pids,
     wait_until,
+    worker_env,
 )
 from peers import (  # noqa: F401  (importing the fixtures registers them here)
     FORGED_ID,
@@ -60,6 +62,7 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     bait,
     cmdline,
     derive,
+    dispatcher_alive,
     dropped,
     example,
     forged_hello,
@@ -67,7 +70,6 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     forged_results,
     forged_tasks,
     held_task,
-    holds_for,
     inboxes_of,
     joined_pids,
     new_token,
@@ -77,8 +79,7 @@ from peers import (  # noqa: F401  (importing the fixtures registers them here)
     registered_ids,
     registered_pids,
     secret_forms,
-    subprocess_env,
-    worker_hosts_fixture,
+    session_of,
     write_token_file,
 )
 
@@ -122,7 +123,7 @@ def test_s01_unauthenticated_peer_cannot_execute_code(
     gate = gates("held")
     held = ex.submit(cc.block_until, str(gate.path), "genuine", str(gate.started))
     gate.wait_started()
-    session = ex._dispatcher.session  # forging a message of this session needs its id
+    session = session_of(ex)  # forging a message of this session needs its id
     held_id, owner_id = held_task(ex)
 
     # At the sink: a result for the running task (right session, worker and task id) whose
@@ -146,7 +147,7 @@ def test_s01_unauthenticated_peer_cannot_execute_code(
     assert trap.received() == [], "the executor talked to the attacker's inbox"
     assert intruder.id not in registered_ids(ex)
     assert host.processes() == processes, "a worker process died or was replaced"
-    assert ex._dispatcher.is_alive()
+    assert dispatcher_alive(ex)
 
 
 @pytest.mark.timeout(120)
@@ -193,7 +194,7 @@ def test_s01_control_the_same_attacks_succeed_without_a_token(
     held_id, owner_id = held_task(ex)
     null = peers.connect(zmq.PUSH, ex.address)
     # forging a result of this session needs its id (nothing public tells it)
-    null.send(forged_results(ex._dispatcher.session, owner_id, held_id, bait(canary)))
+    null.send(forged_results(session_of(ex), owner_id, held_id, bait(canary)))
     wait_until(canary.exists, what="the forged result to be unpickled by the executor")
     assert held.result(timeout=RESULT_TIMEOUT) is None  # os.mkdir's return value
     gate.open()
@@ -235,7 +236,7 @@ def test_s02_rogue_worker_cannot_steal_tasks(
     host = worker_hosts(ex.address, name="legit", token=token, processes=2)
     assert set(pgids(ex, 4)) == {host.pid}, host_logs(host)
     inboxes = inboxes_of(caplog, host, 2)
-    session = ex._dispatcher.session  # the rogues' READY claims this session
+    session = session_of(ex)  # the rogues' READY claims this session
 
     rogue_inboxes = [peers.bind(zmq.PULL), peers.bind(zmq.PULL, server_keys=zmq.curve_keypair())]
     announcers = []
@@ -481,7 +482,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=RESULT_TIMEOUT,
-        env=subprocess_env(env),
+        env=worker_env(env),
         stdin=subprocess.DEVNULL,
         **kw,
     )
@@ -923,12 +924,12 @@ def test_bi09_truncated_and_wrong_frame_count(
     assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
     before = ex.stats().protocol_errors
     peer = peers.authenticated(ex.address, token)
-    peer.send(MALFORMED[case](ex._dispatcher.session))  # malformed, but of this very session
+    peer.send(MALFORMED[case](session_of(ex)))  # malformed, but of this very session
     wait_until(
         lambda: ex.stats().protocol_errors > before,
         what=f"the {case!r} message to be counted as a protocol error",
     )
-    assert ex._dispatcher.is_alive()
+    assert dispatcher_alive(ex)
     assert ex.submit(pow, 2, 10).result(timeout=RESULT_TIMEOUT) == 1024
     assert forged_id("typo") not in registered_ids(ex)
     assert_shuts_down(ex)
@@ -964,7 +965,7 @@ def test_bi09_every_bad_field_is_dropped_and_counted(
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
     assert ex.submit(pow, 2, 5).result(timeout=RESULT_TIMEOUT) == 32
     before = ex.stats().protocol_errors
-    messages = bad_sink_messages(ex._dispatcher.session)
+    messages = bad_sink_messages(session_of(ex))
     peer = peers.authenticated(ex.address, token)
     for message in messages:
         peer.send(message)
@@ -995,9 +996,9 @@ def test_bi10_oversized_frame_and_frame_flood(
 
     before = ex.stats().protocol_errors
     flood = peers.authenticated(ex.address, token)
-    flood.send([_hdr(Kind.RESULTS, ex._dispatcher.session, 1)] + [b"y" * 100] * 10_000)
+    flood.send([_hdr(Kind.RESULTS, session_of(ex), 1)] + [b"y" * 100] * 10_000)
     wait_until(lambda: ex.stats().protocol_errors > before, what="the flood to be counted")
-    assert ex._dispatcher.is_alive()
+    assert dispatcher_alive(ex)
     assert ex.submit(pow, 2, 10).result(timeout=RESULT_TIMEOUT) == 1024
 
 
@@ -1051,7 +1052,7 @@ def test_bi13_protocol_or_python_version_mismatch(
     assert ex.submit(pow, 3, 3).result(timeout=RESULT_TIMEOUT) == 27
     assert holds_for(lambda: hello.id not in registered_ids(ex), 1.0)
     assert not [m for m in inbox.received() if _is_welcome_or_tasks(m)]
-    assert ex._dispatcher.is_alive()
+    assert dispatcher_alive(ex)
 
 
 def _cloudpickle_major() -> str:
@@ -1147,7 +1148,7 @@ def test_bi14_replayed_result_resolves_nothing_twice(
 
     before = dropped(ex)
     peer = peers.authenticated(ex.address, token)
-    session = ex._dispatcher.session  # a replay carries the session id
+    session = session_of(ex)  # a replay carries the session id
     peer.send(forged_results(session, sender, task_id, pickle.dumps("replayed", protocol=5)))
     peer.send(forged_results(session, sender, task_id, bait(canary)))
 
@@ -1166,7 +1167,7 @@ def test_bi14_replayed_result_resolves_nothing_twice(
     assert len(resolutions) == 1
     assert not canary.exists(), "a replayed result was unpickled"
     assert "InvalidStateError" not in caplog.text
-    assert ex._dispatcher.is_alive()
+    assert dispatcher_alive(ex)
     assert ex.submit(pow, 2, 3).result(timeout=RESULT_TIMEOUT) == 8
 
 
@@ -1203,7 +1204,7 @@ def test_bi14_replayed_task_runs_once(
     gate.open()
     assert fut.result(timeout=RESULT_TIMEOUT) == "orig"
 
-    session = ex._dispatcher.session  # a replay carries the session id
+    session = session_of(ex)  # a replay carries the session id
     (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
     replay = proto.encode_tasks(
         session, [(digest, fn_bytes)], [(task_id, digest, payload, [])], worker_id
@@ -1245,7 +1246,7 @@ def test_tasks_for_another_worker_process_are_dropped(
     host = worker_hosts(ex.address, name="single", token=token)
     ((worker_pid, inbox),) = inboxes_of(caplog, host, 1).items()
     (worker_id,) = [w.worker_id.encode() for w in ex.stats().workers if w.pid == worker_pid]
-    session = ex._dispatcher.session  # forged tasks carry the session id
+    session = session_of(ex)  # forged tasks carry the session id
     digest, fn_bytes = ex._pickle_function(cc.record)
 
     def tasks(task_id: int, label: str, recipient: bytes) -> list[Any]:
@@ -1285,7 +1286,7 @@ def test_bi14_misdirected_result_is_rejected(
     before = dropped(ex)
     peer = peers.authenticated(ex.address, token)
     # forging a result of this session needs its id (nothing public tells it)
-    peer.send(forged_results(ex._dispatcher.session, other, task_id, bait(canary)))
+    peer.send(forged_results(session_of(ex), other, task_id, bait(canary)))
     wait_until(
         lambda: dropped(ex) > before,
         what="the misdirected result to be discarded",

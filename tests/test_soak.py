@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import contextlib
 import functools
 import gc
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +27,7 @@ from typing import Any
 
 import crash_cases as cc
 import pytest
-from conftest import RESULT_TIMEOUT, TESTS_DIR, rendezvous_pids, wait_until
+from conftest import RESULT_TIMEOUT, WorkerHost, rendezvous_pids, wait_until
 
 # ---------------------------------------------------------------------------- measurements
 
@@ -201,44 +197,6 @@ VALUE, RAISED, LOST, BAD = "value", "raised", "lost", "bad"
 OUTCOME_CODES = {VALUE: 1, RAISED: 2, LOST: 3, BAD: 4}
 
 
-class SoakHost:
-    """A ``python -m zmqexecutor worker`` subprocess leading its own process group. Its log
-    file is closed in this process at once (the child keeps its copy), so hosts come and go
-    without changing our fd count."""
-
-    def __init__(self, address: str, log_path: Path) -> None:
-        self.log_path = log_path
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "zmqexecutor", "worker", address, "-n",
-                 str(SOAK_PROCESSES), "--insecure", *SOAK_HB_ARGS],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-        self.pid = self.proc.pid
-
-    def _killpg(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def kill(self) -> None:
-        """The host vanishes: SIGKILL to its whole process group."""
-        self._killpg()
-        self.proc.wait(15)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(15)
-        self._killpg()
-        self.proc.wait(15)
-
-
 class LogWatch(logging.Handler):
     """Counts log records by level and keeps the first errors and the last warnings, without
     storing the rest (a stored record per lost worker would itself be a memory drift)."""
@@ -387,7 +345,11 @@ class Quiet:
 
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_TIMEOUT)
-def test_soak_with_chaos(make_executor: Callable[..., Any], tmp_path: Path) -> None:
+def test_soak_with_chaos(
+    make_executor: Callable[..., Any],
+    worker_hosts: Callable[..., WorkerHost],
+    tmp_path: Path,
+) -> None:
     """L-03: mixed load for SOAK_SECONDS with failing tasks, crashing tasks and worker hosts
     SIGKILLed about every 15 s; no double resolution, no re-run, no fd/RSS drift, no slowdown."""
     duration = SOAK_SECONDS
@@ -402,14 +364,18 @@ def test_soak_with_chaos(make_executor: Callable[..., Any], tmp_path: Path) -> N
     zlog.propagate = False
     zlog.addHandler(watch)
     flog.addHandler(watch)
-    hosts: list[SoakHost] = []
+    hosts: list[WorkerHost] = []
     started = 0
     exec_log = tmp_path / "exec.log"
 
     def start_host() -> None:
         nonlocal started
         started += 1
-        hosts.append(SoakHost(ex.address, tmp_path / f"host-{started}.log"))
+        hosts.append(
+            worker_hosts(
+                ex.address, "--insecure", *SOAK_HB_ARGS, name=str(started), processes=SOAK_PROCESSES
+            )
+        )
 
     def quiesce(ledger: Ledger, what: str) -> Quiet:
         """Let in-flight tasks finish and every host register; then sample fds and RSS."""

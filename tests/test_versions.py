@@ -16,7 +16,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ import cloudpickle
 import crash_cases as cc
 import pytest
 import zmq
-from conftest import RESULT_TIMEOUT, TESTS_DIR, Gates, WorkerHost, host_logs, wait_until
+from conftest import (
+    RESULT_TIMEOUT,
+    TESTS_DIR,
+    TOKEN_VARS,
+    Gates,
+    WorkerHost,
+    host_logs,
+    wait_until,
+)
 
 import zmqexecutor
 from zmqexecutor import HostVersions, Versions
@@ -32,7 +40,6 @@ from zmqexecutor import _messages as msg
 from zmqexecutor import _protocol as proto
 
 LOOPBACK = "tcp://127.0.0.1:*"
-TOKEN_VARS = ("ZMQEXECUTOR_TOKEN", "ZMQEXECUTOR_TOKEN_FILE")
 ABSENT = "zmqexecutor-test-no-such-distribution"
 #: what a host patched by OTHER_VERSIONS reports
 OTHER_ZMQEXECUTOR = "0.0.1"
@@ -59,32 +66,6 @@ def this_process() -> dict[str, str]:
 def no_ambient_token(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in TOKEN_VARS:
         monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def worker_hosts(gates: Gates, tmp_path: Path) -> Iterator[Callable[..., WorkerHost]]:
-    """``worker_hosts(address, token, processes=1, pythonpath=())``: CLI worker hosts, all
-    stopped at teardown (after every gate is opened)."""
-    started: list[WorkerHost] = []
-
-    def start(
-        address: str, token: str, processes: int = 1, pythonpath: tuple[str, ...] = ()
-    ) -> WorkerHost:
-        env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARS}
-        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, str(TESTS_DIR)])
-        env["ZMQEXECUTOR_TOKEN"] = token
-        host = WorkerHost(
-            [address, "--processes", str(processes)],
-            tmp_path / f"worker-{len(started)}.log",
-            env,
-        )
-        started.append(host)
-        return host
-
-    yield start
-    gates.open_all()
-    for host in started:
-        host.stop()
 
 
 def wait_registered(ex: Any, count: int, *hosts: WorkerHost) -> None:
@@ -155,7 +136,12 @@ def test_host_with_other_versions_is_marked_and_warned_once(
     (patch_dir / "sitecustomize.py").write_text(OTHER_VERSIONS)
     token = secrets.token_urlsafe(32)
     ex = make_executor(listen=LOOPBACK, token=token, max_workers=1)
-    other = worker_hosts(ex.address, token, processes=2, pythonpath=(str(patch_dir),))
+    other = worker_hosts(
+        ex.address,
+        token=token,
+        processes=2,
+        env={"PYTHONPATH": os.pathsep.join([str(patch_dir), str(TESTS_DIR)])},
+    )
     wait_registered(ex, 3, other)
     assert len(ex.stats().workers) == 3
 
@@ -201,7 +187,7 @@ def test_busy_host_reported_as_not_answering_within_timeout(
     gate = gates("busy")
     busy = ex.submit(cc.block_until, str(gate.path), "done", str(gate.started))
     gate.wait_started()  # the local worker process runs it: it is the only one
-    idle = worker_hosts(ex.address, token)
+    idle = worker_hosts(ex.address, token=token)
     wait_registered(ex, 2, idle)
 
     timeout = 1.0

@@ -9,6 +9,13 @@ Data flow (compare CPython's concurrent/futures/process.py)::
                               core.dispatch()    |                        v
     Future  <--set_result/exception-- PULL sink <---RESULTS/HELLO/DIED--- worker processes
 
+One exception to "the one thread": while the loop sleeps in poll() it does not hold its
+``lock``, and a submit() that finds a worker free takes the lock (never waiting for it) and
+runs the loop's own ``_dispatch`` in the caller's thread (``send_now``). The core and the
+sockets are still used by one thread at a time, the holder of the lock; the core decides
+exactly as it would on this thread; a task then reaches its worker without two thread
+hand-offs (W3's latency).
+
 The executor keeps the queue of pending tasks itself, never in ZeroMQ buffers: a worker
 holds at most its slots plus a small prefetch (credit-based flow control, zguide ch. 7), so
 no short task waits behind a long one on a busy worker, a worker that joins late gets work
@@ -163,6 +170,9 @@ class Dispatcher(threading.Thread):
         os.set_blocking(self._wake_w, False)
         #: set while the loop sleeps in poll() with credit to spare: submit() must wake it
         self.idle = False
+        #: the right to touch the core and the sockets: this thread holds it except while it
+        #: sleeps in poll(), when submit() may take it to send a task itself (send_now)
+        self.lock = threading.Lock()
         self.protocol_errors = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -186,6 +196,27 @@ class Dispatcher(threading.Thread):
         self.idle = False
         with contextlib.suppress(OSError):  # already woken (pipe full) or closing
             os.write(self._wake_w, b"x")
+
+    def send_now(self) -> None:
+        """submit() queued a task while this thread sleeps in poll() with a worker free:
+        send it from the caller's thread, which saves two thread hand-offs (the wake-up and
+        the GIL) on the way to the worker. The caller does exactly what the loop would do
+        next (``_dispatch``), holding ``lock``, so the core still has one owner at a time;
+        if this thread holds the lock it is awake and sends the task itself."""
+        if not self.lock.acquire(blocking=False):
+            self.wake()
+            return
+        try:
+            if self.idle:  # still sleeping in poll() (we hold the lock: it cannot wake)
+                self._dispatch()
+                self.idle = self.core.has_room() and not self.core.pending
+        except BaseException:
+            log.exception("sending a task from submit() failed; the executor is broken")
+            self._break_requested = "sending a task failed (see the log)"
+        finally:
+            self.lock.release()
+        if self.core.pending or self._break_requested is not None:
+            self.wake()  # what the core kept back (resources, retries) is its to decide
 
     def request_shutdown(self) -> None:
         self.core.request_shutdown()
@@ -219,6 +250,8 @@ class Dispatcher(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.sink, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        lock = self.lock
+        lock.acquire()  # held for good once the loop ends: send_now() then never sends
         try:
             while True:
                 if self._executor_ref() is None:
@@ -238,7 +271,11 @@ class Dispatcher(threading.Thread):
                     continue
                 timeout = self._timeout()
                 self._resolve()
-                events = dict(poller.poll(timeout))
+                lock.release()
+                try:
+                    events = dict(poller.poll(timeout))
+                finally:
+                    lock.acquire()
                 self.idle = False
                 if self._wake_r in events:
                     with contextlib.suppress(BlockingIOError):

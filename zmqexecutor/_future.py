@@ -68,6 +68,19 @@ class LazyFuture(_StdFuture[T]):
     def done(self) -> bool:
         return self._state in _DONE
 
+    # A finished future never changes again, and its result was set before its state (under
+    # the GIL, in that order): reading it needs no lock, so a caller that collects results
+    # already there (as map() and a loop over futures do) makes no Condition at all.
+    def result(self, timeout: float | None = None) -> T:
+        if self._state == _base.FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == _base.FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         with _MAKING:
             if "_condition" not in self.__dict__:  # untouched: nobody waits, no callback

@@ -4,7 +4,6 @@ connections."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterator, Mapping, Set
@@ -179,6 +178,8 @@ def is_loopback(endpoint: Endpoint) -> bool:
         return True
     if endpoint.host == "localhost":
         return True
+    import ipaddress  # here: a local worker process never needs it
+
     try:
         return ipaddress.ip_address(endpoint.host).is_loopback
     except ValueError:

@@ -311,9 +311,10 @@ class Scheduler:
     ) -> None:
         """RESULTS from the worker ``sender``: each accepted one is unpickled by ``load``
         (only now: a result nobody waits for is never unpickled) and resolves its future."""
+        sender_id = sender.decode(errors="replace")  # once, not per record
         for record in records:
             w = self.owner.get(record.task_id)
-            if w is None or w.worker_id.encode() != sender:
+            if w is None or w.worker_id != sender_id:
                 # late (its worker was declared lost), replayed, or misdirected
                 self.discarded_results += 1
                 log.info("discarded a result for task %d: not outstanding there", record.task_id)

@@ -21,15 +21,11 @@ with an explicit ``insecure=True``, loopback TCP are allowed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils import z85
@@ -37,6 +33,9 @@ from zmq.utils import z85
 from ._defaults import DEFAULT_TOKEN_FILE, ENV_TOKEN, ENV_TOKEN_FILE
 from ._net import is_loopback, parse_endpoint
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger("zmqexecutor.security")
 
@@ -61,6 +60,9 @@ class Keys:
 def derive_keys(token: str) -> Keys:
     """The server and client keypairs every holder of ``token`` derives alike."""
 
+    import hashlib  # here, as hmac, pathlib and secrets: a local worker process needs none
+    import hmac
+
     def secret(role: bytes) -> bytes:
         raw = hmac.new(token.encode(), b"zmqexecutor/curve/v1/" + role, hashlib.sha256).digest()
         return z85.encode(raw)
@@ -73,11 +75,15 @@ def derive_keys(token: str) -> Keys:
 
 
 def new_token() -> str:
+    import secrets
+
     return secrets.token_urlsafe(32)
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
     """Read a token file; refuse one that others can read, or that is empty."""
+    from pathlib import Path
+
     p = Path(path).expanduser()
     try:
         mode = p.stat().st_mode
@@ -97,6 +103,8 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
 
 def write_token_file(path: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
     """Write a new random token to ``path`` (mode 0600, directory 0700) and return the path."""
+    from pathlib import Path
+
     p = Path(path or DEFAULT_TOKEN_FILE).expanduser()
     if p.exists() and not force:
         raise ConfigurationError(f"{p} exists; pass --force to replace its token")
@@ -193,6 +201,8 @@ class _OnlyKey:
         self._client = keys.client_public
 
     def callback(self, domain: str, key: bytes) -> bool:
+        import hmac
+
         ok = domain == _ZAP_DOMAIN and hmac.compare_digest(key, self._client)
         if not ok:
             log.warning("refused a connection: its key does not come from our token")

@@ -4,7 +4,6 @@ task's exception with its remote traceback."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -89,6 +88,8 @@ class FunctionCache:
     @staticmethod
     def pickle(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         """(digest, pickled callable); slow, so callers do it outside their lock."""
+        import hashlib  # here: worker processes never need it (OpenSSL's start-up, 3 ms)
+
         data: bytes = cloudpickle.dumps(fn, protocol=5)
         return hashlib.blake2b(data, digest_size=16).digest(), data
 
@@ -110,7 +111,12 @@ def error_result(
     return ResultRecord(task_id, Status.ERROR, json.dumps(body).encode())
 
 
+_NONE_PICKLE = pickle.dumps(None, protocol=5)
+
+
 def value_result(task_id: int, value: Any) -> ResultRecord:
+    if value is None:  # most tasks run for their effect
+        return ResultRecord(task_id, Status.OK, _NONE_PICKLE)
     if type(value) in _PLAIN_TYPES:  # the C pickler is several times faster here
         return ResultRecord(task_id, Status.OK, pickle.dumps(value, protocol=5))
     try:

@@ -48,10 +48,9 @@ class ExecutorStats:
     bytes_received: int = 0
     protocol_errors: int = 0  #: bad messages dropped
     discarded_results: int = 0  #: late, replayed or misdirected results dropped
-    hosts: list[HostStats] = field(default_factory=list)
+    hosts: list[HostStats] = field(default_factory=list)  #: heard from, not (yet) declared lost
     #: tasks waiting at each priority (only those with any)
     pending_by_priority: dict[int, int] = field(default_factory=dict)
-    host_ids: tuple[str, ...] = ()  #: the worker hosts heard from and not (yet) declared lost
     #: bytes of remote tasks' stdout and stderr printed here (``forward_output``)
     output_bytes: int = 0
     #: bytes of it dropped: over a host's rate limit, or while this process's stdout or
@@ -132,7 +131,6 @@ def snapshot(
             for h in core.hosts.values()
         ],
         pending_by_priority=core.pending.by_priority(),
-        host_ids=tuple(core.hosts),
         output_bytes=output_bytes,
         output_dropped=output_dropped,
     )

@@ -27,7 +27,6 @@ installed" included; a version that is not known (a host that did not answer) is
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -84,6 +83,8 @@ def check_package_names(packages: object) -> tuple[str, ...]:
 def package_versions(names: Iterable[str]) -> dict[str, str]:
     """The installed version of each distribution (``NOT_INSTALLED`` when absent), read
     from its metadata: the package itself is not imported."""
+    import importlib.metadata  # here: a worker process only needs it when asked (20 ms)
+
     versions = {}
     for name in names:
         try:

@@ -184,15 +184,34 @@ class WorkerProcess:
         self.sink.connect(self.config["sink"])
         welcome = self._register(inbox)
         if welcome is None:
+            self.sink.linger = 0  # only HELLOs can wait there: never hold up our exit for them
             self.status.state(State.CLEAN_EXIT)
             return 0
         if not self._initialize(welcome):
             return EXIT_INIT_FAILED
         self.status.state(State.READY)
-        self.sink.send_multipart(msg.Ready(id=self.worker_id).encode(self.session))
+        if not self._send_ready():
+            self.sink.linger = 0
+            self.status.state(State.CLEAN_EXIT)
+            return 0
         self._loop()
         self.status.state(State.CLEAN_EXIT)
         return 0
+
+    def _send_ready(self) -> bool:
+        """Say READY once the sink takes it; False when told to leave before it does.
+
+        immediate=True makes a plain send block while the executor is not connected: one
+        that shut down just after our WELCOME would hold us until SIGKILL. Stopped
+        (SIGTERM) while the sink takes it, we still say READY: ``_loop`` then says BYE."""
+        ready = msg.Ready(id=self.worker_id).encode(self.session)
+        while True:
+            if self._wait(self._sink_poller, self.sink, 0.0 if self.draining else TICK):
+                with contextlib.suppress(zmq.Again):
+                    self.sink.send_multipart(ready, zmq.NOBLOCK)
+                    return True
+            if self.draining or self._orphaned():
+                return False
 
     def _bind_inbox(self) -> None:
         """Bind the inbox: to ``inbox`` as given, or to the first free port of
@@ -233,7 +252,10 @@ class WorkerProcess:
         while not self.draining:
             # immediate=True: writable only once connected, so a HELLO is never queued stale
             if self._wait(self._sink_poller, self.sink, HELLO_INTERVAL):
-                self.sink.send_multipart(hello, zmq.NOBLOCK)
+                # the executor may close its end between the poll and the send (a shutdown
+                # while we start): the next round, or the SIGTERM that comes with it, decides
+                with contextlib.suppress(zmq.Again):
+                    self.sink.send_multipart(hello, zmq.NOBLOCK)
             deadline = time.monotonic() + HELLO_INTERVAL
             while not self.draining and (timeout := deadline - time.monotonic()) > 0:
                 if not self._wait(self._inbox_poller, self.inbox, timeout + 0.001):
@@ -365,6 +387,9 @@ class WorkerProcess:
         # (a crash would lose them, and a slow task would delay them).
         results: list[ResultRecord] = []
         held_since = checked = 0.0
+        # names bound once: this loop runs for every task (a no-op task costs a few µs here)
+        clock, durations, status = time.perf_counter, self.durations, self.status
+        limit = self.max_message_size - proto.RECORD_OVERHEAD
         queue = deque(tasks)
         while queue:
             task = queue.popleft()
@@ -375,17 +400,19 @@ class WorkerProcess:
                     "%s ignored task %d: it was delivered before", self.origin, task.task_id
                 )
                 continue
-            expected = self.durations.get(task.digest)
+            expected = durations.get(task.digest)
             if results and (expected is None or expected > RESULT_BATCH_WINDOW):
                 self._send_results(results)
                 results = []
-            start = time.perf_counter()
-            self.status.started(task.task_id)
-            result = self._check_size(self._run_one(task))
-            self.status.finished(task.task_id)
-            end = time.perf_counter()
+            start = clock()
+            status.started(task.task_id)
+            result = self._run_one(task)
+            if result.buffers or len(result.payload) > limit:
+                result = self._check_size(result)
+            status.finished(task.task_id)
+            end = clock()
             result.duration = end - start
-            proto.learn_duration(self.durations, task.digest, result.duration)
+            proto.learn_duration(durations, task.digest, result.duration)
             if not results:
                 held_since = start
             results.append(result)
@@ -442,8 +469,13 @@ class WorkerProcess:
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
         bye = msg.Bye(id=self.worker_id, done=self.tasks_done).encode(self.session)
-        # immediate=True: with the executor gone a plain send would block forever
-        if self.sink.poll(100, zmq.POLLOUT):
+        # immediate=True: with the executor gone a plain send would block forever. An
+        # executor that shuts down closes its sink as it stops us: that disconnect ends the
+        # wait at once (a worker that had just registered held up shutdown() by 100 ms).
+        poller = zmq.Poller()
+        poller.register(self.sink, zmq.POLLOUT)
+        poller.register(self._sink_events, zmq.POLLIN)
+        if self.sink in dict(poller.poll(100)):
             with contextlib.suppress(zmq.Again):
                 self.sink.send_multipart(bye, zmq.NOBLOCK)
 
@@ -471,12 +503,18 @@ class WorkerProcess:
 
     def _send_results(self, results: list[ResultRecord]) -> None:
         costs = [len(r.payload) + proto.RECORD_OVERHEAD for r in results]
+        if sum(costs) <= self.max_message_size:  # almost always: one message
+            self._send_result_batch(results)
+            return
         for start, end in proto.under_limit(costs, self.max_message_size):
             self._send_result_batch(results[start:end])
 
     def _send_result_batch(self, results: list[ResultRecord]) -> None:
-        frames = proto.encode_results(self.session, self.worker_id.encode(), results)
-        self.sink.send_multipart(frames, copy=len(frames) == 1)  # zero-copy only pays for buffers
+        frames = proto.encode_results(self.session, self._id_bytes, results)
+        if len(frames) == 1:
+            self.sink.send(frames[0])  # send_multipart's loop costs a µs per message
+        else:
+            self.sink.send_multipart(frames, copy=False)  # zero-copy only pays for buffers
 
     def _learn_function(self, digest: bytes, data: memoryview) -> None:
         fn: Callable[..., Any] | BaseException

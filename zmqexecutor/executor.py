@@ -278,7 +278,7 @@ class ZmqExecutor(Executor):
             self._check_open()
             self._dispatcher.core.pending.append(item)
         if self._dispatcher.idle:
-            self._dispatcher.wake()
+            self._dispatcher.send_now()
         return future
 
     @property

@@ -1,6 +1,7 @@
 """``run_worker``: the library entry point of a worker host (``zmqexecutor-worker`` is a
-thin command line over it). The host itself is ``_supervisor.py``; one worker process is
-``_worker_process.py``; the version handshake both sides check is here too.
+thin command line over it). The host itself is ``_supervisor.py`` (its settings record in
+``_host_settings.py``); one worker process is ``_worker_process.py``; the messages they
+exchange with the executor are ``_messages.py``.
 """
 
 from __future__ import annotations
