@@ -3,7 +3,9 @@
 A hypothesis ``RuleBasedStateMachine`` plays the dispatcher and a small cluster at once: it
 submits and cancels tasks, lets simulated workers join, start and finish tasks, die (with
 or without a report), leave, freeze and resume with their hosts, delivers results late,
-twice and to the wrong place, moves the clock, and shuts down at any point. After every
+twice and to the wrong place, answers RECALLs between tasks (its answer crossing results,
+its death or its host's loss), changes a host's round trip, moves the clock, and shuts
+down at any point. After every
 step it checks the invariants listed in ``_scheduler.py``'s docstring; at the end of every
 run it lets the cluster run to completion and checks that every future ended exactly once.
 
