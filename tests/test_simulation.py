@@ -39,7 +39,7 @@ from zmqexecutor._defaults import LOST_RESULT_GRACE
 from zmqexecutor._hosts import has_slot
 from zmqexecutor._protocol import ResultRecord, Status
 from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
-from zmqexecutor._window import recall_tail
+from zmqexecutor._window import plan_recalls, recall_tail
 
 HB_INTERVAL = 0.2
 HB_TIMEOUT = 1.0
@@ -1009,3 +1009,25 @@ def test_a_dead_workers_resources_are_free_at_once() -> None:
     state.submit(n=1, digest=DIGESTS[0], resources={"GPU": 1})
     assert len(second.inbox) == 1, "the GPU was still held by the dead worker's task"
     state.resources_never_overcommitted()
+
+
+def test_an_idle_worker_asks_the_next_worker_when_the_first_holds_nothing_worth_taking() -> None:
+    """Random walk seed 246 (recall): the most loaded worker held a tail not worth taking
+    back (tasks of unknown run time), and the idle worker asked no other, although the next
+    one held enough: it idled beside a long queue."""
+
+    def worker(name: str, estimates: list[float | None]) -> WorkerState:
+        w = WorkerState(name.ljust(16, "0"), "h", 1, 1, host_id="h1")
+        for estimate in estimates:
+            item = WorkItem(
+                Future(), len(w.outstanding) + 100 * len(name), DIGESTS[0], b"", b"", ()
+            )
+            item.estimate = estimate
+            w.outstanding[item.task_id] = item
+        return w
+
+    first = worker("a", [None, None, 0.0002])
+    second = worker("bb", [0.0002, 0.0002, 0.0002])
+    idle = worker("ccc", [])
+    plan = plan_recalls([idle], [first, second, idle], {})
+    assert [(donor.worker_id, ids) for donor, ids in plan] == [(second.worker_id, [202])]
