@@ -35,8 +35,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from zmqexecutor._defaults import LOST_RESULT_GRACE
-from zmqexecutor._hosts import has_slot
+from zmqexecutor._defaults import DEFAULT_MAX_BATCH, LOST_RESULT_GRACE, PREFETCH_BACKLOG
+from zmqexecutor._hosts import has_slot, load
 from zmqexecutor._protocol import ResultRecord, Status
 from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from zmqexecutor._window import plan_recalls, recall_tail
@@ -160,9 +160,11 @@ class SchedulerSimulation(RuleBasedStateMachine):
         """What the dispatcher does after every event: dispatch, then carry out actions."""
         core = self.core
         assert core is not None
+        backlog = len(core.pending) >= PREFETCH_BACKLOG * core._ready_slots
         for w, items in core.dispatch(self.now):
             sim = self.sim_of(w)
             assert w.alive and w.ready, f"sent tasks to {w.worker_id}, which is not ready"
+            assert 0 < len(items) <= DEFAULT_MAX_BATCH, f"a batch of {len(items)} tasks"
             for item in items:
                 i = self.index[id(item)]
                 self.check_order(w, item)
@@ -180,6 +182,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
                     "a retry went back where it was lost"
                 )
                 sim.inbox.append((item.task_id, item))
+        self.check_round_complete(backlog)
         core.rebalance()
         for w, task_ids in core.recalls:
             assert w.alive and w.recall_id, f"a RECALL to {w.worker_id}, which is gone"
@@ -187,6 +190,25 @@ class SchedulerSimulation(RuleBasedStateMachine):
         core.recalls.clear()
         self.apply_resolutions()
         core.closed.clear()
+
+    def check_round_complete(self, backlog: bool) -> None:
+        """A round fills the window: the least loaded ready worker would not take the next
+        queued task (a round that stopped early, e.g. at a batch's size, would leave a
+        worker across a long link idle until the next results come; ``Scheduler._fill``)."""
+        core = self.core
+        assert core is not None
+        first = next(iter(core.pending), None)
+        if first is None or first.resources is not None or first.lost_on:
+            return
+        if first.future.cancelled():
+            return  # a later round drops it
+        ready = [w for w in core._ready.values() if w.remaining is None or w.remaining > 0]
+        if ready:
+            w = min(ready, key=load)
+            assert not core._accepts(w, first, self.now, backlog), (
+                f"dispatch stopped while the least loaded worker {w.worker_id} (holding "
+                f"{len(w.outstanding)}) would still take the next task"
+            )
 
     def apply_resolutions(self) -> None:
         core = self.core
@@ -1031,3 +1053,30 @@ def test_an_idle_worker_asks_the_next_worker_when_the_first_holds_nothing_worth_
     idle = worker("ccc", [])
     plan = plan_recalls([idle], [first, second, idle], {})
     assert [(donor.worker_id, ids) for donor, ids in plan] == [(second.worker_id, [202])]
+
+
+def test_one_round_fills_the_window_of_a_long_link() -> None:
+    """Issue 11: a round gave a worker at most one batch (DEFAULT_MAX_BATCH tasks), and the
+    dispatcher's loop runs again only when results come: across a 50 ms link a worker held
+    a few hundred no-op tasks where its window allows thousands, and W1 ran at 0.11x of
+    direct. One round now sends the whole window, in batches of at most DEFAULT_MAX_BATCH,
+    each worker's in the order submitted."""
+    core = Scheduler(Settings(), itertools.count(1), "ipc://sim")
+    now = 1000.0
+    core.heartbeat("far", "far", now)
+    w = core.worker_joined("w".ljust(16, "0"), "far", "far", 1, 1, now)
+    core.worker_ready(w)
+    core.durations[DIGESTS[0]] = 1e-6  # noop()
+    core.round_trip("far", 0.05)
+    items = [
+        WorkItem(Future(), next(core.task_ids), DIGESTS[0], b"fn", b"args", ())
+        for _ in range(10_000)
+    ]
+    for item in items:
+        core.pending.append(item)
+    batches = core.dispatch(now)
+    sent = [item for _, batch in batches for item in batch]
+    assert all(len(batch) <= DEFAULT_MAX_BATCH for _, batch in batches)
+    assert sent == items[: len(sent)]
+    assert len(sent) > 1000  # 2 round trips of tasks that take TASK_COST_FLOOR at least
+    assert not core._accepts(w, next(iter(core.pending)), now, backlog=True)

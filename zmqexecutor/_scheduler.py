@@ -27,8 +27,11 @@ Invariants (checked after every step of the simulation test):
    whose fate is unknown) is sent again only while ``sends <= max_retries``, and never to a
    worker (or, after a host loss, a host) it was lost on.
 4. No lost wake-up: after ``dispatch``, no ready worker with a free slot idles while a task
-   it may take waits in ``pending``; after ``rebalance``, nor while another holds a tail of
-   queued work worth taking back (``_window.recall_tail``) and is not asked for it.
+   it may take waits in ``pending``, and the least loaded ready worker would not take the
+   next queued task (a round is never cut short: the loop may not run again before the
+   next results come, a round trip later); after ``rebalance``, no worker idles while
+   another holds a tail of queued work worth taking back (``_window.recall_tail``) and is
+   not asked for it.
 5. A task id starts at most once: a task taken back (RECALL, BYE, a death before it
    started) is one its worker never started; a retry gets a new id. A RECALL asks only for
    tasks its worker holds, one RECALL per worker at a time.
@@ -39,7 +42,10 @@ Rules:
   zguide ch. 7): a free slot always takes a task; beyond that (prefetch) a worker takes
   only tasks known to be short, while many wait, up to a budget widened by the round trip
   of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
-  times that round trip: its result came after the round trip plus its run time.
+  times that round trip: its result came after the round trip plus its run time. A round
+  gives each worker all it accepts, in batches of at most ``DEFAULT_MAX_BATCH`` tasks (one
+  TASKS message each, in order), so that one round fills a long link's window; a worker
+  that reached ``max_tasks_per_child`` leaves the round instead of ending it.
 - RECALL: a worker with a free slot and nothing to take asks the worker holding the most
   queued work for the tail of it. The worker answers between tasks (RETURNED) with those
   it gave back, never started; they go back to the front of the queue; the ones it was
@@ -480,6 +486,7 @@ class Scheduler:
         if not self.pending:
             return []
         batches: dict[str, tuple[WorkerState, list[WorkItem]]] = {}
+        full: list[tuple[WorkerState, list[WorkItem]]] = []
         # A few tasks are spread one per worker, never prefetched: they may wait for each
         # other, and a task queued behind one that blocks cannot be taken back yet.
         backlog = len(self.pending) >= PREFETCH_BACKLOG * self._ready_slots
@@ -487,11 +494,11 @@ class Scheduler:
             # only free slots take tasks: the workers idle longest first (the zguide's LRU
             # queue), so that no round costs time in proportion to the number of workers
             idle = list(itertools.islice(self._idle.values(), len(self.pending)))
-            if not self._fill(idle, backlog, now, batches) or not self._idle:
-                return list(batches.values())
+            if not self._fill(idle, backlog, now, batches, full) or not self._idle:
+                return full + list(batches.values())
             # a retry may not go back where it was lost: let every idle worker try it
-        self._fill(list(self._ready.values()), backlog, now, batches)
-        return list(batches.values())
+        self._fill(list(self._ready.values()), backlog, now, batches, full)
+        return full + list(batches.values())
 
     def _fill(
         self,
@@ -499,10 +506,15 @@ class Scheduler:
         backlog: bool,
         now: float,
         batches: dict[str, tuple[WorkerState, list[WorkItem]]],
+        full: list[tuple[WorkerState, list[WorkItem]]],
     ) -> bool:
         """Dispatch to ``candidates``, least loaded first, while they accept (prefetch only
         with a ``backlog``); True if a task was put back because it was lost there or
-        because no worker can hold what it needs now."""
+        because no worker can hold what it needs now. Each worker's tasks are packed in
+        ``batches`` of at most DEFAULT_MAX_BATCH; a batch that fills moves to ``full`` (in
+        the order filled, so that each worker gets its tasks in the order given) and the
+        worker keeps taking tasks: a round fills the whole window, which across a long link
+        is thousands of tasks (the loop may not run again before the next results come)."""
         workers = [w for w in candidates if w.remaining is None or w.remaining > 0]
         heap = [load(w) for w in workers]
         heapq.heapify(heap)
@@ -512,6 +524,9 @@ class Scheduler:
         while heap and pending:
             worker_id = heap[0][3]
             w = self.workers[worker_id]
+            if w.remaining is not None and w.remaining <= 0:
+                heapq.heappop(heap)  # max_tasks_per_child reached: it must not stop the round
+                continue
             if stale and heap[0] != load(w):
                 heapq.heapreplace(heap, load(w))
                 continue
@@ -550,11 +565,11 @@ class Scheduler:
                 self._idle.pop(worker_id, None)
             batch = batches.setdefault(worker_id, (w, []))[1]
             batch.append(item)
+            if len(batch) >= DEFAULT_MAX_BATCH:
+                full.append(batches.pop(worker_id))
             if heap[0][3] != worker_id:
                 heapq.heappush(heap, load(w))  # its old entry is stale now
                 stale = True
-            elif len(batch) >= DEFAULT_MAX_BATCH:
-                heapq.heappop(heap)
             else:
                 heapq.heapreplace(heap, load(w))
         if deferred:
