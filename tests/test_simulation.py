@@ -182,6 +182,7 @@ class SchedulerSimulation(RuleBasedStateMachine):
                     "a retry went back where it was lost"
                 )
                 sim.inbox.append((item.task_id, item))
+            core.sent(items, self.now)
         self.check_round_complete(backlog)
         core.rebalance()
         for w, task_ids in core.recalls:

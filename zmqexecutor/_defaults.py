@@ -24,6 +24,10 @@ SHORT_RTTS = 10.0
 #: no-op task is a number of tasks, not unbounded
 MAX_WINDOW = 4096
 TASK_COST_FLOOR = 20e-6
+#: a host's round trip is the least of its last this many measurements: a measurement also
+#: holds the time its task and result waited for the executor's busy loop, which grows
+#: with the window; the least of them is the link's own (as TCP's and BBR's min RTT)
+RTT_SAMPLES = 16
 #: a worker with a free slot and nothing to take asks a worker holding more than one round
 #: trip of queued work to give back its tail (RECALL) if what it would take back outlasts
 #: this many round trips (the RECALL's own round trip, and sending the tasks on)

@@ -449,8 +449,10 @@ class Dispatcher(threading.Thread):
     def _dispatch(self) -> None:
         if not self.core.pending:
             return
-        for w, items in self.core.dispatch(time.monotonic()):
+        core = self.core
+        for w, items in core.dispatch(time.monotonic()):
             self._send_tasks(w, items)
+            core.sent(items, time.monotonic())
         self._close_links()
 
     def _recall(self) -> None:

@@ -6,10 +6,10 @@ was last heard from, its resources).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from ._defaults import DEFAULT_MAX_BATCH, LOST_HOSTS_KEPT
+from ._defaults import DEFAULT_MAX_BATCH, LOST_HOSTS_KEPT, RTT_SAMPLES
 from ._queue import WorkItem
 
 log = logging.getLogger("zmqexecutor.dispatcher")
@@ -65,8 +65,10 @@ class HostState:
     host_id: str
     name: str
     last_seen: float
-    #: moving average of the round trip to its worker processes (seconds; None: not known)
+    #: the round trip to its worker processes (seconds; None: not known): the least of
+    #: its last RTT_SAMPLES measurements (``_window.round_trip``)
     rtt: float | None = None
+    rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
     workers: set[str] = field(default_factory=set)
     #: what it declared (--resources GPU=2), what its tasks hold now, and which whole units
     #: are free (an integral amount is numbered 0..n-1, so a task can learn which it holds)

@@ -8,6 +8,7 @@ they leave behind::
     events in (Scheduler methods)                   actions out
     -----------------------------                   -----------
     pending.append(item)  (submit, any thread)      dispatch(now) -> [(worker, tasks to send)]
+    sent(tasks, now)  (each batch, once sent)
     worker_joined / worker_ready / init_failed      resolved: [(future, ok, value)] to set
     worker_left (BYE) / worker_died (DIED)          closed: [worker id] whose link to close
     results(sender, records, now, load)             broken: why the executor cannot go on
@@ -344,7 +345,7 @@ class Scheduler:
         """A measurement of the round trip to the host ``host_id`` (see ``results``)."""
         host = self.hosts.get(host_id)
         if host is not None:
-            host.rtt = round_trip(host.rtt, seconds)
+            host.rtt = round_trip(host.rtt_samples, seconds)
             self._rebalance = True  # a tail may be worth taking back now
 
     def rebalance(self) -> None:
@@ -499,6 +500,14 @@ class Scheduler:
             # a retry may not go back where it was lost: let every idle worker try it
         self._fill(list(self._ready.values()), backlog, now, batches, full)
         return full + list(batches.values())
+
+    def sent(self, items: list[WorkItem], now: float) -> None:
+        """The dispatcher sent ``items``, a batch ``dispatch`` returned, at ``now``: a task
+        that times its host's round trip (the first sent to an idle worker, so the first of
+        its batch) counts from then, not from the start of a round that may have chosen
+        thousands of tasks before it was sent."""
+        if items[0].probe:
+            items[0].sent_at = now
 
     def _fill(
         self,

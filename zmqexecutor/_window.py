@@ -20,6 +20,7 @@ which last answered) longer ago than that task should take.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterable
 
 from ._defaults import (
@@ -33,14 +34,16 @@ from ._defaults import (
 )
 from ._hosts import HostState, WorkerState
 
-#: weight of a new round-trip sample in a host's moving average
-RTT_WEIGHT = 0.25
 
-
-def round_trip(average: float | None, sample: float) -> float:
-    """A host's moving average of its round trip, updated by ``sample`` (seconds)."""
-    sample = max(0.0, sample)
-    return sample if average is None else average + (sample - average) * RTT_WEIGHT
+def round_trip(samples: deque[float], sample: float) -> float:
+    """A host's round trip after the measurement ``sample`` (seconds): the least of its
+    last ``RTT_SAMPLES`` (``samples``, updated). A measurement is the link's round trip
+    plus the time the task waited to be sent and its result to be read while the
+    executor's loop was busy, which grows with what it sends per round, which grows with
+    the window: an average would feed that back into the window without bound (a local
+    worker's "round trip" grew from 1 to 100 ms in one W1 run)."""
+    samples.append(max(0.0, sample))
+    return min(samples)
 
 
 def may_prefetch(w: WorkerState, estimate: float, now: float, rtt: float | None) -> bool:
