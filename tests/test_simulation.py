@@ -35,7 +35,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from zmqexecutor._defaults import DEFAULT_MAX_BATCH, LOST_RESULT_GRACE, PREFETCH_BACKLOG
+from zmqexecutor._defaults import (
+    DEFAULT_MAX_BATCH,
+    LOST_RESULT_GRACE,
+    PREFETCH_BACKLOG,
+    RTT_SAMPLES,
+)
 from zmqexecutor._hosts import has_slot, load
 from zmqexecutor._protocol import ResultRecord, Status
 from zmqexecutor._scheduler import Scheduler, Settings, WorkerState, WorkItem
@@ -1081,3 +1086,35 @@ def test_one_round_fills_the_window_of_a_long_link() -> None:
     assert sent == items[: len(sent)]
     assert len(sent) > 1000  # 2 round trips of tasks that take TASK_COST_FLOOR at least
     assert not core._accepts(w, next(iter(core.pending)), now, backlog=True)
+
+
+def test_a_round_trip_is_timed_from_the_send_and_not_raised_by_a_lagging_loop() -> None:
+    """Issue 11: once a round filled the whole window, a local worker's measured round trip
+    grew from 1 to 100 ms in one W1 run: a measurement timed from the start of a round of
+    thousands of tasks, or taken while the loop was busy sending them, holds the loop's own
+    lag, which grows with the window, which grew with the (averaged) round trip. It is
+    timed from the send (``Scheduler.sent``) and is the least of the last RTT_SAMPLES."""
+    core = Scheduler(Settings(), itertools.count(1), "ipc://sim")
+    now = 1000.0
+    core.heartbeat("h", "h", now)
+    w = core.worker_joined("w".ljust(16, "0"), "h", "h", 1, 1, now)
+    core.worker_ready(w)
+    core.durations[DIGESTS[0]] = 0.001
+    host = core.hosts["h"]
+
+    def probe(sent_after: float, answered_after: float) -> None:
+        item = WorkItem(Future(), next(core.task_ids), DIGESTS[0], b"fn", b"args", ())
+        core.pending.append(item)
+        [(_, batch)] = core.dispatch(now)
+        assert batch == [item] and item.probe
+        core.sent(batch, now + sent_after)
+        record = ResultRecord(item.task_id, Status.OK, b"", [], 0.001)
+        core.results(w.worker_id.encode(), [record], now + answered_after, lambda r: (True, None))
+
+    probe(0.05, 0.052)  # sent 50 ms after the round began: the link's round trip is 1 ms
+    assert host.rtt == pytest.approx(0.001)
+    probe(0.0, 0.101)  # the result waited 100 ms for a busy loop
+    assert host.rtt == pytest.approx(0.001)
+    for _ in range(RTT_SAMPLES):
+        probe(0.0, 0.051)  # the link got longer
+    assert host.rtt == pytest.approx(0.05)

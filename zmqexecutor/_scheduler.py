@@ -43,7 +43,9 @@ Rules:
   zguide ch. 7): a free slot always takes a task; beyond that (prefetch) a worker takes
   only tasks known to be short, while many wait, up to a budget widened by the round trip
   of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
-  times that round trip: its result came after the round trip plus its run time. A round
+  times that round trip: its result came after the round trip plus its run time, counted
+  from when its batch was sent (``sent``); the host's round trip is the least of its last
+  ``RTT_SAMPLES`` (``_window.round_trip``), not an average. A round
   gives each worker all it accepts, in batches of at most ``DEFAULT_MAX_BATCH`` tasks (one
   TASKS message each, in order), so that one round fills a long link's window; a worker
   that reached ``max_tasks_per_child`` leaves the round instead of ending it.
