@@ -450,9 +450,12 @@ class Dispatcher(threading.Thread):
         if not self.core.pending:
             return
         core = self.core
-        for w, items in core.dispatch(time.monotonic()):
-            self._send_tasks(w, items)
-            core.sent(items, time.monotonic())
+        while True:  # a batch per worker per call, sent before the next is chosen
+            for w, items in core.dispatch(time.monotonic()):
+                self._send_tasks(w, items)
+                core.sent(items, time.monotonic())
+            if not core.cut_short or not core.pending:
+                break
         self._close_links()
 
     def _recall(self) -> None:

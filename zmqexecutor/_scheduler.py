@@ -28,9 +28,10 @@ Invariants (checked after every step of the simulation test):
    whose fate is unknown) is sent again only while ``sends <= max_retries``, and never to a
    worker (or, after a host loss, a host) it was lost on.
 4. No lost wake-up: after ``dispatch``, no ready worker with a free slot idles while a task
-   it may take waits in ``pending``, and the least loaded ready worker would not take the
-   next queued task (a round is never cut short: the loop may not run again before the
-   next results come, a round trip later); after ``rebalance``, no worker idles while
+   it may take waits in ``pending``, and, once ``dispatch`` is no longer ``cut_short``,
+   the least loaded ready worker would not take the next queued task (the loop may not
+   run again before the next results come, a round trip later); after ``rebalance``, no
+   worker idles while
    another holds a tail of queued work worth taking back (``_window.recall_tail``) and is
    not asked for it.
 5. A task id starts at most once: a task taken back (RECALL, BYE, a death before it
@@ -45,10 +46,11 @@ Rules:
   of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
   times that round trip: its result came after the round trip plus its run time, counted
   from when its batch was sent (``sent``); the host's round trip is the least of its last
-  ``RTT_SAMPLES`` (``_window.round_trip``), not an average. A round
-  gives each worker all it accepts, in batches of at most ``DEFAULT_MAX_BATCH`` tasks (one
-  TASKS message each, in order), so that one round fills a long link's window; a worker
-  that reached ``max_tasks_per_child`` leaves the round instead of ending it.
+  ``RTT_SAMPLES`` (``_window.round_trip``), not an average. A ``dispatch`` gives each
+  worker one batch (``DEFAULT_MAX_BATCH`` tasks, one TASKS message) at most, and says when
+  that cut it short (``cut_short``): the dispatcher sends and asks again at once, so that
+  a long link's window fills without waiting for results; a worker that reached
+  ``max_tasks_per_child`` leaves the round instead of ending it.
 - RECALL: a worker with a free slot and nothing to take asks the worker holding the most
   queued work for the tail of it. The worker answers between tasks (RETURNED) with those
   it gave back, never started; they go back to the front of the queue; the ones it was
@@ -163,6 +165,8 @@ class Scheduler:
         #: a worker got a free slot since the last rebalance()
         self._rebalance = False
         self._recall_ids = itertools.count(1)
+        #: the last dispatch() stopped at a batch's size for a worker that may take more
+        self.cut_short = False
 
     # -- state questions -------------------------------------------------------------------
 
@@ -484,12 +488,15 @@ class Scheduler:
     # -- dispatch --------------------------------------------------------------------------
 
     def dispatch(self, now: float) -> list[tuple[WorkerState, list[WorkItem]]]:
-        """Give pending tasks, in order, to the least loaded ready workers that accept them;
-        returns what to send to whom."""
+        """Give pending tasks, in order, to the least loaded ready workers that accept them,
+        a batch each at most; returns what to send to whom. While ``cut_short`` (a worker
+        took a whole batch and may take more), the caller sends it and asks again at once:
+        a long link's window (thousands of tasks) fills in one go, while its first batches
+        are already on their way."""
         if not self.pending:
             return []
+        self.cut_short = False
         batches: dict[str, tuple[WorkerState, list[WorkItem]]] = {}
-        full: list[tuple[WorkerState, list[WorkItem]]] = []
         # A few tasks are spread one per worker, never prefetched: they may wait for each
         # other, and a task queued behind one that blocks cannot be taken back yet.
         backlog = len(self.pending) >= PREFETCH_BACKLOG * self._ready_slots
@@ -497,11 +504,11 @@ class Scheduler:
             # only free slots take tasks: the workers idle longest first (the zguide's LRU
             # queue), so that no round costs time in proportion to the number of workers
             idle = list(itertools.islice(self._idle.values(), len(self.pending)))
-            if not self._fill(idle, backlog, now, batches, full) or not self._idle:
-                return full + list(batches.values())
+            if not self._fill(idle, backlog, now, batches) or not self._idle:
+                return list(batches.values())
             # a retry may not go back where it was lost: let every idle worker try it
-        self._fill(list(self._ready.values()), backlog, now, batches, full)
-        return full + list(batches.values())
+        self._fill(list(self._ready.values()), backlog, now, batches)
+        return list(batches.values())
 
     def sent(self, items: list[WorkItem], now: float) -> None:
         """The dispatcher sent ``items``, a batch ``dispatch`` returned, at ``now``: a task
@@ -517,15 +524,11 @@ class Scheduler:
         backlog: bool,
         now: float,
         batches: dict[str, tuple[WorkerState, list[WorkItem]]],
-        full: list[tuple[WorkerState, list[WorkItem]]],
     ) -> bool:
         """Dispatch to ``candidates``, least loaded first, while they accept (prefetch only
         with a ``backlog``); True if a task was put back because it was lost there or
-        because no worker can hold what it needs now. Each worker's tasks are packed in
-        ``batches`` of at most DEFAULT_MAX_BATCH; a batch that fills moves to ``full`` (in
-        the order filled, so that each worker gets its tasks in the order given) and the
-        worker keeps taking tasks: a round fills the whole window, which across a long link
-        is thousands of tasks (the loop may not run again before the next results come)."""
+        because no worker can hold what it needs now. A worker takes one batch
+        (DEFAULT_MAX_BATCH tasks) at most; ``cut_short`` says that one did."""
         workers = [w for w in candidates if w.remaining is None or w.remaining > 0]
         heap = [load(w) for w in workers]
         heapq.heapify(heap)
@@ -576,11 +579,12 @@ class Scheduler:
                 self._idle.pop(worker_id, None)
             batch = batches.setdefault(worker_id, (w, []))[1]
             batch.append(item)
-            if len(batch) >= DEFAULT_MAX_BATCH:
-                full.append(batches.pop(worker_id))
             if heap[0][3] != worker_id:
                 heapq.heappush(heap, load(w))  # its old entry is stale now
                 stale = True
+            elif len(batch) >= DEFAULT_MAX_BATCH:
+                heapq.heappop(heap)
+                self.cut_short = True  # it may take more: the dispatcher asks again
             else:
                 heapq.heapreplace(heap, load(w))
         if deferred:

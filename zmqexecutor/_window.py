@@ -1,12 +1,12 @@
 """How much a worker may hold beyond its slots (prefetch and the round-trip window), and how
 much to take back from one that holds too much while another idles (RECALL).
 
-Pure functions of the scheduling core's records (``_scheduler.py`` calls them): no state, no
-clock (the time is an argument). The round trip of a host is measured by the core from the
-first task sent to an idle worker of the host: its result came back after the link's round
-trip plus its run time, which the worker reports. Its time counts from when it was sent,
-and the host's round trip is the least of its last ``RTT_SAMPLES`` measurements: what a
-result waited for a busy loop grows with the window and must not widen it.
+Pure functions of the scheduling core's records (``_scheduler.py`` calls them): no state of
+their own, no clock (the time is an argument). The round trip of a host is measured by the
+core from the first task sent to an idle worker of the host: its result came back after the
+link's round trip plus its run time, which the worker reports. Its time counts from when it
+was sent, and the host's round trip is the least of its last ``RTT_SAMPLES`` measurements:
+what a result waited for a busy loop grows with the window and must not widen it.
 
 Without a round trip (not measured yet, or ~0 on one machine) a worker holds, besides a task
 per slot, at most ``PREFETCH_BUDGET`` seconds of tasks known to be short. Across a link with
