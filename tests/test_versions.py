@@ -242,7 +242,8 @@ def test_bad_package_names_raise_value_error_at_the_call(
             ex.versions(packages)
     with pytest.raises(ValueError, match="timeout"):
         ex.versions(["numpy"], timeout=-1)
-    assert not ex._dispatcher._versions_asked and not ex._dispatcher._versions_requests
+    requests = ex._dispatcher.version_requests
+    assert not requests.asked and not requests.handed
     wait_registered(ex, 1)
     assert ex.versions([f"package{i}" for i in range(100)]).hosts[0].answered
 

@@ -26,14 +26,13 @@ Every scheduling decision is the core's; this module makes none.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future, InvalidStateError, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,32 +48,14 @@ from ._protocol import Kind
 from ._scheduler import Scheduler, Settings, WorkerState, WorkItem
 from ._serialize import load_result
 from ._stats import ExecutorStats, snapshot
-from ._versions import Versions, host_entry
+from ._version_requests import VersionRequests, VersionsRequest
+from ._versions import Versions
 
-__all__ = ["Dispatcher", "Flags", "VersionsRequest"]
+__all__ = ["Dispatcher", "Flags"]
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: bit operations on the IntFlag cost microseconds
 
 log = logging.getLogger("zmqexecutor.dispatcher")
-
-
-@dataclass(eq=False)
-class VersionsRequest:
-    """One ``versions()`` call, from the caller's thread to this one and back."""
-
-    packages: tuple[str, ...]
-    timeout: float
-    #: the client's versions, looked up in the caller's thread
-    client: dict[str, str]
-    future: Future[Versions] = field(default_factory=Future)
-    #: when the caller stops waiting (monotonic; set by the caller, as its wait starts)
-    deadline: float = 0.0
-    request_id: int = 0
-    #: the hosts it covers (host id -> name) and, of those asked, the ones that have not
-    #: answered (host id -> why they may not)
-    hosts: dict[str, str] = field(default_factory=dict)
-    waiting: dict[str, str] = field(default_factory=dict)
-    answers: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -178,12 +159,8 @@ class Dispatcher(threading.Thread):
         self.bytes_received = 0
         self._stats_requests: deque[Future[ExecutorStats]] = deque()
         self._break_requested: str | None = None
-        #: versions() calls handed over, and those asked and waiting for answers (by id)
-        self._versions_requests: deque[VersionsRequest] = deque()
-        self._versions_asked: dict[int, VersionsRequest] = {}
-        self._versions_ids = itertools.count(1)
-        #: the base versions each live host told in its first HELLO (by host id)
-        self.host_versions: dict[str, dict[str, str | None]] = {}
+        #: versions() calls: handed over by callers, asked and answered by this thread
+        self.version_requests = VersionRequests(self.core)
 
     def start(self) -> None:
         """Start the local worker host (if any), then this thread."""
@@ -264,7 +241,7 @@ class Dispatcher(threading.Thread):
                 self._recall()
                 self._housekeeping()
                 self._answer_stats_requests()
-                self._answer_versions_requests()
+                self.version_requests.answer(self._send_to, self.session)
                 self.idle = core.has_room() and not core.pending
                 if core.pending and self.idle:  # raced with a submit(): go round again
                     self.idle = False
@@ -290,7 +267,7 @@ class Dispatcher(threading.Thread):
             self._resolve()
             self._close()
             self._answer_stats_requests()
-            self._answer_versions_requests(final=True)
+            self.version_requests.answer(self._send_to, self.session, final=True)
 
     def _timeout(self) -> int:
         tick = min(TICK, self.settings.heartbeat_interval)
@@ -334,115 +311,17 @@ class Dispatcher(threading.Thread):
     def versions(self, request: VersionsRequest) -> Versions:
         """Ask every host about ``request.packages``; wait ``request.timeout`` at most
         for their answers (see ``ZmqExecutor.versions``)."""
-        self._versions_requests.append(request)
+        self.version_requests.hand_over(request)
         self.wake()
         if not self.is_alive():  # exited: nobody else will answer it
-            self._answer_versions_requests(final=True)
+            self.version_requests.answer(self._send_to, self.session, final=True)
         wait([request.future], request.timeout)
         if not request.future.done():
             self.wake()  # its deadline has passed: the loop sees that as it wakes
             wait([request.future], 2 * TICK)
         if not request.future.done() and not self.is_alive():
-            self._answer_versions_requests(final=True)
+            self.version_requests.answer(self._send_to, self.session, final=True)
         return request.future.result(0)  # TimeoutError only if this thread is stuck
-
-    def _answer_versions_requests(self, final: bool = False) -> None:
-        """Ask about the new requests; answer those complete, past their deadline, or all
-        of them (``final``: this thread is exiting)."""
-        while self._versions_requests:
-            self._ask_versions(self._versions_requests.popleft(), final)
-        if not self._versions_asked:
-            return
-        now = time.monotonic()
-        for request in list(self._versions_asked.values()):
-            if final or not request.waiting or now >= request.deadline:
-                self._finish_versions(request, final)
-
-    def _ask_versions(self, request: VersionsRequest, final: bool) -> None:
-        """Send the question to one idle worker process of each host, or, on a host with
-        none idle, to all of them: the first to finish its tasks answers."""
-        core = self.core
-        request.request_id = next(self._versions_ids)
-        ask = msg.AskVersions(request=request.request_id, packages=request.packages)
-        question = ask.encode(self.session)
-        for host in list(core.hosts.values()):
-            workers = [w for w in map(core.workers.get, host.workers) if w is not None]
-            if not workers:
-                continue  # no registered worker process: nothing it says can be checked
-            request.hosts[host.host_id] = host.name
-            if not request.packages or final:
-                continue  # the base versions came with HELLO
-            idle = [w for w in workers if w.ready and not w.outstanding]
-            for w in idle[:1] or workers:
-                link = self.links.get(w.worker_id)
-                if link is None:
-                    continue
-                with contextlib.suppress(zmq.ZMQError):
-                    link.push.send_multipart(question, zmq.NOBLOCK)
-                    request.waiting[host.host_id] = (
-                        "" if idle else ": every worker process was running a task"
-                    )
-        self._versions_asked[request.request_id] = request
-
-    def _on_versions(self, w: WorkerState, reply: msg.VersionsReply) -> None:
-        """A worker process's answer: the first one from each host counts."""
-        request = self._versions_asked.get(reply.request)
-        if request is None or w.host_id not in request.waiting:
-            return  # late (past the deadline), or another process of its host was first
-        request.answers[w.host_id] = reply.of(request.packages)
-        del request.waiting[w.host_id]
-        if not request.waiting:
-            self._finish_versions(request)
-
-    def _finish_versions(self, request: VersionsRequest, final: bool = False) -> None:
-        self._versions_asked.pop(request.request_id, None)
-        hosts = []
-        for host_id, name in request.hosts.items():
-            answer = request.answers.get(host_id)
-            note = ""
-            if request.packages and answer is None:
-                if final:
-                    note = "the executor shut down before the host answered"
-                elif host_id not in self.core.hosts:
-                    note = "the host was lost before it answered"
-                elif host_id not in request.waiting:
-                    note = "no worker process of the host could be asked"
-                else:
-                    note = (
-                        f"did not answer within {request.timeout:g}s"
-                        f"{request.waiting[host_id]}; a worker process answers between "
-                        "tasks (the other versions are from its registration)"
-                    )
-            base = self.host_versions.get(host_id, {})
-            hosts.append(
-                host_entry(name, host_id, base, answer, request.packages, request.client, note)
-            )
-        result = Versions(request.client, hosts, request.packages)
-        with contextlib.suppress(InvalidStateError):  # answered by a caller meanwhile
-            request.future.set_result(result)
-
-    def _note_versions(self, w: WorkerState, hello: msg.Hello) -> None:
-        """Keep the base versions a host's first HELLO tells; warn, once per host, when its
-        zmqexecutor or Python version differs from ours (pickles may still work)."""
-        if w.host_id in self.host_versions:
-            return
-        for gone in [h for h in self.host_versions if h not in self.core.hosts]:
-            del self.host_versions[gone]  # bounded by the live hosts
-        theirs = self.host_versions[w.host_id] = hello.base_versions()
-        ours = proto.host_versions()
-        differ = [
-            (label, theirs[name], ours[name])
-            for name, label in (("zmqexecutor", "zmqexecutor"), ("python", "Python"))
-            if theirs[name] is not None and theirs[name] != ours[name]
-        ]
-        if differ:
-            log.warning(
-                "worker host %s runs %s, this executor %s: install the same versions on "
-                "every host to rule out subtle differences (executor.versions() lists them)",
-                w.host,
-                " and ".join(f"{label} {v}" for label, v, _ in differ),
-                " and ".join(f"{label} {v}" for label, _, v in differ),
-            )
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
@@ -511,6 +390,17 @@ class Dispatcher(threading.Thread):
         first = sum(len(data) + proto.RECORD_OVERHEAD for _, data in functions)
         for start, end in proto.under_limit(costs, self.settings.max_message_size, first):
             self._send(link, functions if start == 0 else [], tasks[start:end])
+
+    def _send_to(self, worker_id: str, frames: list[bytes]) -> bool:
+        """Send a control message to a worker process if its link takes it now."""
+        link = self.links.get(worker_id)
+        if link is None:
+            return False
+        try:
+            link.push.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        return True
 
     def _send(
         self,
@@ -593,7 +483,7 @@ class Dispatcher(threading.Thread):
         elif isinstance(m, msg.Bye):
             core.worker_left(w, m.done)
         elif isinstance(m, msg.VersionsReply):
-            self._on_versions(w, m)
+            self.version_requests.on_reply(w, m)
         elif isinstance(m, msg.Died):
             core.worker_died(
                 w,
@@ -667,7 +557,7 @@ class Dispatcher(threading.Thread):
             dict(hello.resources),
         )
         self.links[hello.id] = Link(push, hello.id.encode())
-        self._note_versions(w, hello)
+        self.version_requests.note_hello(w, hello)
         self.remote_joined = self.remote_joined or w.host_id != self.local_host
         push.send_multipart(self.welcome.encode(self.session))
         log.info("%s joined (inbox %s)", w.describe(), hello.inbox)

@@ -34,7 +34,7 @@ from ._defaults import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_VERSIONS_TIMEOUT,
 )
-from ._dispatcher import Dispatcher, Flags, VersionsRequest
+from ._dispatcher import Dispatcher, Flags
 from ._endpoints import placement
 from ._future import LazyFuture
 from ._map import map_calls
@@ -42,6 +42,7 @@ from ._resources import check_resources
 from ._scheduler import Settings, WorkItem
 from ._serialize import FunctionCache, dump_args, ship_by_value
 from ._stats import ExecutorStats
+from ._version_requests import VersionsRequest
 from ._versions import Versions, check_package_names, package_versions
 from .errors import BrokenZmqExecutor, TaskSerializationError, TaskTooLargeError
 
