@@ -165,10 +165,7 @@ class ZmqExecutor(Executor):
     ) -> None:
         worker_list = tuple(workers or ())
         local_resources = check_resources(resources or {}, "resources")
-        settings = _checked_settings(
-            max_workers,
-            remote=bool(listen or worker_list),
-            initializer=initializer,
+        settings = Settings(
             prefetch=prefetch,
             max_tasks_per_child=max_tasks_per_child,
             max_retries=max_retries,
@@ -176,8 +173,10 @@ class ZmqExecutor(Executor):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             no_worker_timeout=no_worker_timeout,
+            local_workers=_local_workers(max_workers, remote=bool(listen or worker_list)),
             max_message_size=max_message_size,
         )
+        _check(settings, initializer)
         ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
         where = placement(
             settings.local_workers,
@@ -523,52 +522,34 @@ class ExecutorView(Executor):
             concurrent.futures.wait(futures)
 
 
-def _checked_settings(
-    max_workers: int | None,
-    *,
-    remote: bool,
-    initializer: Callable[..., object] | None,
-    prefetch: int | None,
-    max_tasks_per_child: int | None,
-    max_retries: int,
-    task_timeout: float | None,
-    heartbeat_interval: float,
-    heartbeat_timeout: float,
-    no_worker_timeout: float | None,
-    max_message_size: int,
-) -> Settings:
-    """The constructor's checks of its numbers (messages as ProcessPoolExecutor's where it
-    has the argument); ``max_workers`` None: one local worker per core, none if ``remote``."""
+def _local_workers(max_workers: int | None, *, remote: bool) -> int:
+    """``max_workers`` None: one local worker per core, none if the workers are remote."""
     if max_workers is None:
-        max_workers = 0 if remote else (os.cpu_count() or 1)
-    elif max_workers <= 0:
+        return 0 if remote else (os.cpu_count() or 1)
+    if max_workers <= 0:
         raise ValueError("max_workers must be greater than 0")
-    if max_tasks_per_child is not None and max_tasks_per_child < 1:
+    return max_workers
+
+
+def _check(settings: Settings, initializer: Callable[..., object] | None) -> None:
+    """The constructor's checks of its numbers (messages as ProcessPoolExecutor's where it
+    has the argument)."""
+    if settings.max_tasks_per_child is not None and settings.max_tasks_per_child < 1:
         raise ValueError("max_tasks_per_child must be >= 1")
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
-    if prefetch is not None and prefetch < 0:
+    if settings.prefetch is not None and settings.prefetch < 0:
         raise ValueError("prefetch must be >= 0")
-    if max_message_size < 1024:
+    if settings.max_message_size < 1024:
         raise ValueError("max_message_size must be at least 1024 bytes")
-    if max_retries < 0:
+    if settings.max_retries < 0:
         raise ValueError("max_retries must be >= 0")
-    if not 0 < heartbeat_interval < heartbeat_timeout:
+    if not 0 < settings.heartbeat_interval < settings.heartbeat_timeout:
         raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
-    for name, value in (("task_timeout", task_timeout), ("no_worker_timeout", no_worker_timeout)):
+    for name in ("task_timeout", "no_worker_timeout"):
+        value = getattr(settings, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be > 0 (or None)")
-    return Settings(
-        prefetch=prefetch,
-        max_tasks_per_child=max_tasks_per_child,
-        max_retries=max_retries,
-        task_timeout=task_timeout,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        no_worker_timeout=no_worker_timeout,
-        local_workers=max_workers,
-        max_message_size=max_message_size,
-    )
 
 
 def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
