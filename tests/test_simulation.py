@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 from zmqexecutor._defaults import (
     DEFAULT_MAX_BATCH,
     LOST_RESULT_GRACE,
+    MAX_PREFETCH,
     PREFETCH_BACKLOG,
     RTT_SAMPLES,
 )
@@ -1128,3 +1129,21 @@ def test_a_round_trip_is_timed_from_the_send_and_not_raised_by_a_lagging_loop() 
     for _ in range(RTT_SAMPLES):
         probe(0.0, 0.051)  # the link got longer
     assert host.rtt == pytest.approx(0.05)
+
+
+def test_the_executors_own_workers_get_no_round_trip_window() -> None:
+    """Issue 11: a local worker's measured "round trip" is only the executor loop's lag
+    (there is no link), and it grows with what the window lets the loop send per round:
+    its window stays PREFETCH_BUDGET's, MAX_PREFETCH tasks at most."""
+    core = Scheduler(Settings(), itertools.count(1), "ipc://sim", local_host="here")
+    now = 1000.0
+    core.heartbeat("here", "here", now)
+    w = core.worker_joined("w".ljust(16, "0"), "here", "here", 1, 1, now)
+    core.worker_ready(w)
+    core.durations[DIGESTS[0]] = 1e-6
+    core.round_trip("here", 0.05)  # a lagging loop
+    for _ in range(10_000):
+        core.pending.append(WorkItem(Future(), next(core.task_ids), DIGESTS[0], b"", b"", ()))
+    while not w.outstanding or core.cut_short:
+        core.dispatch(now)
+    assert len(w.outstanding) == MAX_PREFETCH

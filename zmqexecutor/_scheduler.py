@@ -46,7 +46,8 @@ Rules:
   of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
   times that round trip: its result came after the round trip plus its run time, counted
   from when its batch was sent (``sent``); the host's round trip is the least of its last
-  ``RTT_SAMPLES`` (``_window.round_trip``), not an average. A ``dispatch`` gives each
+  ``RTT_SAMPLES`` (``_window.round_trip``), not an average; the executor's own local
+  workers have no link and get no round-trip window. A ``dispatch`` gives each
   worker one batch (``DEFAULT_MAX_BATCH`` tasks, one TASKS message) at most, and says when
   that cut it short (``cut_short``): the dispatcher sends and asks again at once, so that
   a long link's window fills without waiting for results; a worker that reached
@@ -612,7 +613,11 @@ class Scheduler:
         if not backlog or estimate is None or w.unknown:
             return False
         host = self.hosts.get(w.host_id)
-        return may_prefetch(w, estimate, now, host.rtt if host is not None else None)
+        if host is None or w.host_id == self.local_host:
+            # the executor's own workers have no link: what their "round trip" measures is
+            # only the loop's lag, which must not widen their window
+            return may_prefetch(w, estimate, now, None)
+        return may_prefetch(w, estimate, now, host.rtt)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
