@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +114,17 @@ class TaskQueue:
             elif not item.future.cancel():
                 kept.append(item)
         self.extendleft(reversed(kept))
+
+    def take(self, wanted: Callable[[WorkItem], bool]) -> list[WorkItem]:
+        """Remove the tasks ``wanted`` says yes to and return them; the rest keep their
+        order (the dispatcher thread only)."""
+        taken: list[WorkItem] = []
+        kept: list[WorkItem] = []
+        while self:
+            item = self.popleft()
+            (taken if wanted(item) else kept).append(item)
+        self.extendleft(reversed(kept))
+        return taken
 
     def drop_cancelled(self) -> None:
         """Forget the tasks never sent whose futures were cancelled."""

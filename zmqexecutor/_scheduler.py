@@ -43,15 +43,11 @@ Rules:
 - Tasks are sent in order to the least-loaded ready worker (credit-based flow control,
   zguide ch. 7): a free slot always takes a task; beyond that (prefetch) a worker takes
   only tasks known to be short, while many wait, up to a budget widened by the round trip
-  of its host's link (``_accepts``, ``_window.py``). The first task sent to an idle worker
-  times that round trip: its result came after the round trip plus its run time, counted
-  from when its batch was sent (``sent``); the host's round trip is the least of its last
-  ``RTT_SAMPLES`` (``_window.round_trip``), not an average; the executor's own local
-  workers have no link and get no round-trip window. A ``dispatch`` gives each
-  worker one batch (``DEFAULT_MAX_BATCH`` tasks, one TASKS message) at most, and says when
-  that cut it short (``cut_short``): the dispatcher sends and asks again at once, so that
-  a long link's window fills without waiting for results; a worker that reached
-  ``max_tasks_per_child`` leaves the round instead of ending it.
+  of its host's link (``_accepts``; how the round trip is timed: ``_window.py``); the
+  executor's own local workers have no link and get no round-trip window. A ``dispatch``
+  gives each worker one batch (``DEFAULT_MAX_BATCH`` tasks) at most and says when that cut
+  it short (``cut_short``): the dispatcher sends and asks again at once, so that a long
+  link's window fills without waiting for results.
 - RECALL: a worker with a free slot and nothing to take asks the worker holding the most
   queued work for the tail of it. The worker answers between tasks (RETURNED) with those
   it gave back, never started; they go back to the front of the queue; the ones it was
@@ -74,14 +70,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ._defaults import (
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_MESSAGE_SIZE,
     LOST_RESULT_GRACE,
     NO_WORKER_WARNING,
     PREFETCH_BACKLOG,
@@ -89,27 +82,13 @@ from ._defaults import (
 from ._hosts import HostState, HostTable, Unsatisfiable, WorkerState, has_slot, load, place
 from ._protocol import ResultRecord, learn_duration
 from ._queue import TaskQueue, WorkItem
+from ._settings import Settings
 from ._window import may_prefetch, plan_recalls, round_trip
 from .errors import BrokenZmqExecutor, NoWorkersError, TaskTimeoutError, WorkerLostError
 
 __all__ = ["HostState", "Scheduler", "Settings", "TaskQueue", "WorkItem", "WorkerState"]
 
 log = logging.getLogger("zmqexecutor.dispatcher")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The executor's options that scheduling acts on."""
-
-    prefetch: int | None = None
-    max_tasks_per_child: int | None = None
-    max_retries: int = 0
-    task_timeout: float | None = None
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
-    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
-    no_worker_timeout: float | None = None
-    local_workers: int = 0
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
 class Scheduler:
@@ -419,23 +398,21 @@ class Scheduler:
         """Tasks whose request no connected host declares wait, as tasks wait for a worker:
         warned once per request, failed after no_worker_timeout (during shutdown after
         heartbeat_timeout at most)."""
-        limit = self.settings.no_worker_timeout
-        if self.shutdown_requested:
-            limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
+        limit = self._wait_limit()
         for key in self.unsatisfiable.due(now, limit, self.sink_address):
             assert limit is not None
             why = (
                 f"no connected host declared {dict(key)} for {limit:g}s (no_worker_timeout); "
                 "start a host with --resources"
             )
-            kept = []
-            while self.pending:
-                item = self.pending.popleft()
-                if item.resources == dict(key):
-                    self._fail(item, NoWorkersError(why))
-                else:
-                    kept.append(item)
-            self.pending.extendleft(reversed(kept))
+            for item in self.pending.take(partial(_asks_for, dict(key))):
+                self._fail(item, NoWorkersError(why))
+
+    def _wait_limit(self) -> float | None:
+        """How long tasks may wait for a worker: no_worker_timeout, and during shutdown
+        heartbeat_timeout at most (shutdown() must return even when every worker is gone)."""
+        limit, most = self.settings.no_worker_timeout, self.settings.heartbeat_timeout
+        return min(limit or most, most) if self.shutdown_requested else limit
 
     def _check_hosts(self, now: float) -> None:
         """A host silent for heartbeat_timeout is lost with every worker it had."""
@@ -472,10 +449,7 @@ class Scheduler:
         elif now - (self._warned_at or now) > NO_WORKER_WARNING:
             log.warning("%d task(s) wait: no worker is connected", len(self.pending))
             self._warned_at = now
-        limit = self.settings.no_worker_timeout
-        if self.shutdown_requested:
-            # shutdown() must return even when every worker is gone
-            limit = min(limit or self.settings.heartbeat_timeout, self.settings.heartbeat_timeout)
+        limit = self._wait_limit()
         if limit is not None and now - self._waiting_since > limit:
             while self.pending:
                 self._fail(
@@ -490,10 +464,7 @@ class Scheduler:
 
     def dispatch(self, now: float) -> list[tuple[WorkerState, list[WorkItem]]]:
         """Give pending tasks, in order, to the least loaded ready workers that accept them,
-        a batch each at most; returns what to send to whom. While ``cut_short`` (a worker
-        took a whole batch and may take more), the caller sends it and asks again at once:
-        a long link's window (thousands of tasks) fills in one go, while its first batches
-        are already on their way."""
+        a batch each at most; returns what to send to whom (see ``cut_short``)."""
         if not self.pending:
             return []
         self.cut_short = False
@@ -512,10 +483,8 @@ class Scheduler:
         return list(batches.values())
 
     def sent(self, items: list[WorkItem], now: float) -> None:
-        """The dispatcher sent ``items``, a batch ``dispatch`` returned, at ``now``: a task
-        that times its host's round trip (the first sent to an idle worker, so the first of
-        its batch) counts from then, not from the start of a round that may have chosen
-        thousands of tasks before it was sent."""
+        """The dispatcher sent ``items`` (a batch ``dispatch`` returned) at ``now``: a task
+        that times its host's round trip counts from then, not from the round's start."""
         if items[0].probe:
             items[0].sent_at = now
 
@@ -594,12 +563,10 @@ class Scheduler:
 
     def _accepts(self, w: WorkerState, item: WorkItem, now: float, backlog: bool) -> bool:
         """May ``w`` hold ``item`` now? A free slot always; beyond that (prefetch) only
-        while many tasks wait (``backlog``) and only tasks known to be short, up to
-        PREFETCH_BUDGET seconds of queued work and the round-trip window (``_window.py``),
-        so that batching pays for small tasks, a worker across a long link never idles
-        for a round trip, and a prefetched task never waits long behind another. Once
-        priorities or resources are in use, nothing is prefetched: a task queued on a
-        worker could not be taken back for a higher priority one."""
+        while many tasks wait (``backlog``) and only tasks known to be short
+        (``_window.may_prefetch``). Once priorities or resources are in use, nothing is
+        prefetched: a task queued on a worker could not be taken back for a higher priority
+        one."""
         held = len(w.outstanding)
         if w.remaining is not None and w.remaining <= 0:
             return False
@@ -724,3 +691,7 @@ class Scheduler:
                 if item is not None:
                     self._fail(item, BrokenZmqExecutor(reason))
         self._grace.clear()
+
+
+def _asks_for(resources: dict[str, float], item: WorkItem) -> bool:
+    return item.resources == resources

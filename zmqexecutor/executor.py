@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import os
 import signal
 import threading
 import time
@@ -39,8 +38,9 @@ from ._endpoints import placement
 from ._future import LazyFuture
 from ._map import map_calls
 from ._resources import check_resources
-from ._scheduler import Settings, WorkItem
+from ._scheduler import WorkItem
 from ._serialize import FunctionCache, dump_args, ship_by_value
+from ._settings import Settings, check, local_workers
 from ._stats import ExecutorStats
 from ._version_requests import VersionsRequest
 from ._versions import Versions, check_package_names, package_versions
@@ -173,10 +173,10 @@ class ZmqExecutor(Executor):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             no_worker_timeout=no_worker_timeout,
-            local_workers=_local_workers(max_workers, remote=bool(listen or worker_list)),
+            local_workers=local_workers(max_workers, remote=bool(listen or worker_list)),
             max_message_size=max_message_size,
         )
-        _check(settings, initializer)
+        check(settings, initializer)
         ship_by_value(ship_modules)  # before anything is pickled (the initializer below)
         where = placement(
             settings.local_workers,
@@ -520,36 +520,6 @@ class ExecutorView(Executor):
                 future.cancel()
         if wait:
             concurrent.futures.wait(futures)
-
-
-def _local_workers(max_workers: int | None, *, remote: bool) -> int:
-    """``max_workers`` None: one local worker per core, none if the workers are remote."""
-    if max_workers is None:
-        return 0 if remote else (os.cpu_count() or 1)
-    if max_workers <= 0:
-        raise ValueError("max_workers must be greater than 0")
-    return max_workers
-
-
-def _check(settings: Settings, initializer: Callable[..., object] | None) -> None:
-    """The constructor's checks of its numbers (messages as ProcessPoolExecutor's where it
-    has the argument)."""
-    if settings.max_tasks_per_child is not None and settings.max_tasks_per_child < 1:
-        raise ValueError("max_tasks_per_child must be >= 1")
-    if initializer is not None and not callable(initializer):
-        raise TypeError("initializer must be a callable")
-    if settings.prefetch is not None and settings.prefetch < 0:
-        raise ValueError("prefetch must be >= 0")
-    if settings.max_message_size < 1024:
-        raise ValueError("max_message_size must be at least 1024 bytes")
-    if settings.max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
-    if not 0 < settings.heartbeat_interval < settings.heartbeat_timeout:
-        raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
-    for name in ("task_timeout", "no_worker_timeout"):
-        value = getattr(settings, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0 (or None)")
 
 
 def _pickle_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
