@@ -94,8 +94,10 @@ class ZmqExecutor(Executor):
             this machine could connect). Never allows non-loopback endpoints.
         prefetch: tasks a worker process may hold beyond the one it runs. None (default):
             adaptive: only tasks whose callable is known to run briefly, up to a few
-            milliseconds of queued work, so that small tasks are batched and no task waits
-            behind a long one; 0 disables prefetching.
+            milliseconds of queued work, widened to two round trips of the host's link for
+            a remote host, so that small tasks are batched, a worker across a long link
+            never idles for a round trip, and no task waits behind a long one (a worker
+            that runs dry takes back another's unstarted tail); 0 disables prefetching.
         heartbeat_interval: seconds between the heartbeats of worker hosts (local ones; for
             remote ones it is their ``--heartbeat-interval``) and of ZMTP connections.
         heartbeat_timeout: a worker host silent this long is lost: its running tasks fail
