@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from run import ExecutorSystem  # noqa: E402  (run.py is beside this file)
 
 # ================================================================ the delay proxy (child)
 
@@ -107,11 +108,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Cluster:
+class Cluster(ExecutorSystem):
     """An executor, two worker hosts of one process each, and (rtt_ms not None) the
-    proxies."""
+    proxies; run.py's workloads drive it as they drive run.py's systems."""
 
     def __init__(self, rtt_ms: float | None) -> None:
+        super().__init__("zmqexecutor_longlink")
         import zmqexecutor._security
         from zmqexecutor import ZmqExecutor
 
@@ -150,15 +152,6 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker hosts did not register")
             time.sleep(0.02)
-
-    def submit(self, fn, *args):
-        return self.ex.submit(fn, *args)
-
-    def result(self, handle):
-        return handle.result()
-
-    def gather(self, handles):
-        return [h.result() for h in handles]
 
     def close(self) -> None:
         try:
