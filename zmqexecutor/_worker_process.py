@@ -72,6 +72,10 @@ class _Refused(Exception):
     """The executor refused this worker (versions differ): a person must act."""
 
 
+class _ExecutorGone(Exception):
+    """A message to the executor cannot leave, and this process's supervisor is gone."""
+
+
 class _NoPort(Exception):
     """Every port of the inbox range is taken: the supervisor retries later."""
 
@@ -162,6 +166,11 @@ class WorkerProcess:
         except _NoPort as e:
             log.error("%s: %s", self.origin, e)
             return EXIT_NO_PORT
+        except _ExecutorGone as e:
+            log.error("%s: %s; leaving", self.origin, e)
+            self.sink.linger = 0  # nobody is left to take what waits there
+            self.status.state(State.CLEAN_EXIT)
+            return 0
         finally:
             if on_signals:
                 signal.set_wakeup_fd(-1)
@@ -303,7 +312,7 @@ class WorkerProcess:
             failed = msg.InitFailed(
                 id=self.worker_id, error=f"{type(e).__name__}: {e}", traceback=tb
             )
-            self.sink.send_multipart(failed.encode(self.session))
+            self._send_to_sink(failed.encode(self.session))
             return False
         return True
 
@@ -464,7 +473,7 @@ class WorkerProcess:
             queue.clear()
             queue.extend(kept)
         reply = msg.Returned(id=self.worker_id, recall=recall.recall, tasks=tuple(back))
-        self.sink.send_multipart(reply.encode(self.session))
+        self._send_to_sink(reply.encode(self.session))
 
     def _say_bye(self) -> None:
         """Tell the executor we leave: what it sent us and we did not start goes elsewhere."""
@@ -511,10 +520,31 @@ class WorkerProcess:
 
     def _send_result_batch(self, results: list[ResultRecord]) -> None:
         frames = proto.encode_results(self.session, self._id_bytes, results)
-        if len(frames) == 1:
-            self.sink.send(frames[0])  # send_multipart's loop costs a µs per message
-        else:
-            self.sink.send_multipart(frames, copy=False)  # zero-copy only pays for buffers
+        try:
+            if len(frames) == 1:
+                self.sink.send(frames[0], zmq.NOBLOCK)  # send_multipart's loop costs a µs
+            else:
+                self.sink.send_multipart(frames, zmq.NOBLOCK, copy=False)  # for buffers
+        except zmq.Again:  # the executor is not connected (immediate) or its queue is full
+            self._send_to_sink(frames, copy=len(frames) == 1)
+
+    def _send_to_sink(self, frames: list[Any], copy: bool = True) -> None:
+        """Send ``frames`` to the executor, waiting while it cannot take them. immediate=True
+        makes a send wait while the executor is not connected, so a blocking send held a
+        local worker whose executor (and supervisor thread) had died forever: orphans were
+        found blocked in a RESULTS send for hours. This one gives up when the supervisor is
+        gone (``_ExecutorGone``). A dropped connection is waited out: across a partition
+        the result arrives when the link heals (the executor discards it if it declared the
+        host lost), and a remote supervisor ends its processes when the executor is gone."""
+        while True:
+            try:
+                self.sink.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+                return
+            except zmq.Again:
+                pass
+            if self._orphaned():
+                raise _ExecutorGone("the supervisor is gone")
+            self._wait(self._sink_poller, self.sink, TICK)
 
     def _learn_function(self, digest: bytes, data: memoryview) -> None:
         fn: Callable[..., Any] | BaseException
