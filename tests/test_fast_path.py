@@ -58,6 +58,15 @@ def _idle(ex: ZmqExecutor) -> None:
     wait_until(lambda: ex._dispatcher.idle, what="the dispatcher to sleep with a worker free")
 
 
+def _run_threads(client: Callable[[int], None], n: int) -> None:
+    """Run ``client(0)`` ... ``client(n - 1)`` at once, each in a thread, until all end."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_a_task_for_an_idle_worker_is_sent_by_the_caller(
     make_executor: Callable[..., ZmqExecutor], sends: Sends
 ) -> None:
@@ -109,11 +118,7 @@ def test_many_threads_submit_while_results_flow(
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(client, 8)
     assert not errors, errors
     assert sends.unlocked == 0
     assert sends.by_caller() > 0, "no task took the fast path"
@@ -144,11 +149,7 @@ def test_cancel_racing_the_fast_path_ends_every_future_once(
             with lock:
                 futures.append(f)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_threads(client, 4)
     _, not_done = cf.wait(futures, timeout=RESULT_TIMEOUT)
     assert not not_done
     for f in futures:

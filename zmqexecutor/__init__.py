@@ -59,21 +59,28 @@ __all__ = [
 ]
 
 
+#: the names imported on first use, and the module of each
+_LAZY = {
+    "ZmqExecutor": ".executor",
+    "ExecutorView": ".executor",
+    "ExecutorStats": "._stats",
+    "HostStats": "._stats",
+    "WorkerStats": "._stats",
+    "run_worker": ".worker",
+}
+
+
 def __getattr__(name: str) -> Any:
-    """The executor's and the worker host's entry points, imported on first use."""
-    if name in ("ZmqExecutor", "ExecutorView"):
-        from . import executor
+    """The executor's and the worker host's entry points, imported on first use (and kept
+    here, so that later reads do not come back to this function)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # here: a worker process never needs it
 
-        return getattr(executor, name)
-    if name in ("ExecutorStats", "HostStats", "WorkerStats"):
-        from . import _stats
-
-        return getattr(_stats, name)
-    if name == "run_worker":
-        from .worker import run_worker
-
-        return run_worker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
